@@ -1,0 +1,64 @@
+"""The CLIP loader: both checkpoint formats, frozen, explicit dtype, weights hash, clear errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tgdfer.backbone import ClipLoadError, load_clip, tokenize, weights_sha256
+
+
+def test_state_dict_and_torchscript_load_to_the_same_model(tiny_clip_path, tiny_clip_torchscript):
+    a, b = load_clip(str(tiny_clip_path)), load_clip(str(tiny_clip_torchscript))
+    assert a.sha256 == b.sha256
+    x = torch.randn(2, 3, a.image_size, a.image_size)
+    assert torch.equal(a.encode_images(x), b.encode_images(x))
+
+
+def test_loaded_clip_is_frozen_eval_and_has_the_asked_dtype(tiny_clip_path):
+    clip = load_clip(str(tiny_clip_path))
+    assert clip.dtype == torch.float32 and not clip.model.training
+    assert not any(p.requires_grad for p in clip.model.parameters())
+    half = load_clip(str(tiny_clip_path), dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    assert half.sha256 == clip.sha256  # the hash is taken before the cast
+    assert clip.encode_images(torch.randn(3, 3, 224, 224)).shape == (3, clip.dim)
+
+
+def test_hash_follows_the_weights(tiny_clip_path):
+    clip = load_clip(str(tiny_clip_path))
+    before = weights_sha256(clip.model)
+    with torch.no_grad():
+        clip.model.text_projection[0, 0] += 1
+    assert weights_sha256(clip.model) != before
+
+
+def test_unknown_source_names_the_choices(tmp_path):
+    with pytest.raises(ClipLoadError, match=r"ViT-B/32.*found 'no-such-model'"):
+        load_clip("no-such-model")
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(ClipLoadError, match="expected a CLIP state_dict"):
+        load_clip(str(bad))
+
+
+def test_tokenize_puts_eot_last():
+    tokens = tokenize(["a face showing happiness.", "x"])
+    assert tokens.dtype == torch.int64 and tokens.shape == (2, 77)
+    assert tokens[0].argmax() == (tokens[0] != 0).sum() - 1
+
+
+def test_clip_imports_without_leaving_a_fake_pkg_resources():
+    """openai-clip 1.0.1 imports pkg_resources, which setuptools >= 82 lacks; the stand-in must not linger."""
+    code = (
+        "import importlib.util, sys\n"
+        "had = importlib.util.find_spec('pkg_resources') is not None\n"
+        "from tgdfer.backbone import available_models\n"
+        "assert 'ViT-B/32' in available_models()\n"
+        "mod = sys.modules.get('pkg_resources')\n"
+        "assert had or mod is None, mod\n"
+        "print('pkg_resources present' if had else 'stand-in used')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("pkg_resources present", "stand-in used")

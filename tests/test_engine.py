@@ -1,0 +1,144 @@
+"""Stage 2 on generated caches: it learns what the paper claims, reproducibly, resumably, and refuses misfits."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tgdfer.config import RunConfig, apply_overrides
+from tgdfer.engine import TrainingError, fit, fit_folds, fold_data, predict_views
+from tgdfer.features import CacheError, load_cache
+from tgdfer.synthetic import write_feature_cache
+
+FAST = ["train.epochs=4", "train.batch_size=16"]
+
+
+def _cfg(cache, out, *overrides):
+    return apply_overrides(RunConfig(features=str(cache), out=str(out), device="cpu"), list(overrides))
+
+
+def test_learns_the_signal_frames_of_weakly_labelled_clips(tmp_path, tiny_clip_path, tiny_clip):
+    """Class signal in 3 of 16 frames, the rest noise shared by all classes: clip labels only."""
+    path = tmp_path / "c.h5"
+    mask = write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=400, views=4, seed=1)
+    captured = {}
+
+    def keep(epoch, row):
+        captured["row"] = row
+
+    metrics = fit(
+        _cfg(path, tmp_path / "run", "train.epochs=10", "train.batch_size=16"),
+        on_epoch_end=keep,
+        log=lambda s: None,
+    )
+    chance = 100 / 7
+    assert metrics["war"] > 4 * chance and metrics["uar"] > 4 * chance, metrics
+
+    # Influence: the frame scoring highest for the true class should be a signal frame (chance 3/16).
+    cache = load_cache(path)
+    data = fold_data(cache, "1", torch.device("cpu"))
+    from tgdfer.engine import build_model
+
+    model = build_model(_cfg(path, tmp_path / "run"), cache, torch.device("cpu"))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    model.load_trainable_state(state["model"])
+    out = predict_views(model, data.features[data.test_views], amp=False)
+    y = data.test_labels.numpy()
+    top = out["scores"].numpy()[np.arange(len(y)), :, y].argmax(1)
+    hit_rate = mask[data.test_views.numpy(), top].mean()
+    assert hit_rate > 3 * (3 / 16), hit_rate
+
+
+def test_same_seed_same_metrics(feature_cache, tmp_path):
+    path, _ = feature_cache
+    a = fit(_cfg(path, tmp_path / "a", *FAST), log=lambda s: None)
+    b = fit(_cfg(path, tmp_path / "b", *FAST), log=lambda s: None)
+    assert a["war"] == b["war"] and a["uar"] == b["uar"] and a["confusion"] == b["confusion"]
+    log_a = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    log_b = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    strip = [lambda line: line.rsplit(",", 1)[0]]  # last column is wall-clock seconds
+    assert [strip[0](x) for x in log_a] == [strip[0](x) for x in log_b]
+
+
+def test_resume_reaches_the_uninterrupted_metrics(feature_cache, tmp_path):
+    path, _ = feature_cache
+    overrides = [*FAST, "optim.milestones=2,3"]  # the schedule changes inside the interrupted span
+    whole = fit(_cfg(path, tmp_path / "whole", *overrides), log=lambda s: None)
+
+    def interrupt(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(path, tmp_path / "cut", *overrides), on_epoch_end=interrupt, log=lambda s: None)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    with pytest.raises(TrainingError, match="--resume"):
+        fit(_cfg(path, tmp_path / "cut", *overrides), log=lambda s: None)
+    resumed = fit(_cfg(path, tmp_path / "cut", *overrides), resume=True, log=lambda s: None)
+    assert resumed["war"] == whole["war"] and resumed["confusion"] == whole["confusion"]
+    with pytest.raises(TrainingError, match="other settings"):
+        (tmp_path / "cut" / "metrics.json").unlink()
+        fit(_cfg(path, tmp_path / "cut", *overrides, "model.window=2"), resume=True, log=lambda s: None)
+
+
+def test_run_directory_holds_everything(feature_cache, tmp_path):
+    path, _ = feature_cache
+    out = tmp_path / "run"
+    metrics = fit(_cfg(path, out, *FAST, "train.eval_every=2"), log=lambda s: None)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "log.csv",
+        "checkpoint.pt",
+        "metrics.json",
+        "confusion.png",
+        "curves.png",
+    }
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["war"] == metrics["war"] and saved["epoch"] == 4 and len(saved["per_class"]) == 7
+    assert json.loads((out / "config.json").read_text())["model"]["window"] == 4
+    rows = (out / "log.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("epoch,lr,loss,train_acc,test_war,test_uar")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "epoch", "config", "cache"}
+    assert not any(k.startswith("prompts.tower.") for k in ckpt["model"])
+    for name, size in (("confusion.png", (725, 652)), ("curves.png", (1000, 380))):
+        with Image.open(out / name) as img:
+            assert img.size == size and img.getextrema() != ((255, 255),) * 3
+
+
+def test_all_folds_report_mean_and_std(tmp_path, tiny_clip_path, tiny_clip):
+    path = tmp_path / "c.h5"
+    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=3)
+    summary = fit_folds(
+        _cfg(path, tmp_path / "all", "train.epochs=1", "train.batch_size=16"),
+        ["1", "2", "3"],
+        log=lambda s: None,
+    )
+    wars = [json.loads((tmp_path / "all" / f"fold{k}" / "metrics.json").read_text())["war"] for k in (1, 2, 3)]
+    assert summary["war_mean"] == pytest.approx(np.mean(wars)) and summary["war_std"] == pytest.approx(np.std(wars))
+    assert (tmp_path / "all" / "summary.json").exists() and (tmp_path / "all" / "confusion.png").exists()
+
+
+def test_non_finite_loss_stops_and_says_where(tmp_path, tiny_clip_path, tiny_clip):
+    path = tmp_path / "c.h5"
+    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, views=1, signal=math.inf)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, step 1 of"):
+        fit(_cfg(path, tmp_path / "run", *FAST), log=lambda s: None)
+
+
+def test_misfit_caches_are_refused(tmp_path, tiny_clip_path, tiny_clip, feature_cache):
+    no_train = tmp_path / "test-only.h5"
+    write_feature_cache(no_train, str(tiny_clip_path), tiny_clip.sha256, n_clips=20, views=0)
+    with pytest.raises(CacheError, match=r"expected augmented train views.*found none"):
+        fit(_cfg(no_train, tmp_path / "a", *FAST), log=lambda s: None)
+    path, _ = feature_cache
+    with pytest.raises(CacheError, match="found '6'"):
+        fit(_cfg(path, tmp_path / "b", *FAST, "fold=6"), log=lambda s: None)
+    from tgdfer.backbone import save_random_clip
+
+    other = save_random_clip(tmp_path / "other.pt", seed=1)
+    with pytest.raises(CacheError, match=r"sha256 .* but .* was extracted with"):
+        fit(_cfg(path, tmp_path / "c", *FAST, f"clip={other}"), log=lambda s: None)

@@ -1,0 +1,90 @@
+"""TG-DFER assembled: shapes, gradient flow (trainable parts get gradients, frozen CLIP none), variants."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from tgdfer.config import ModelConfig
+from tgdfer.labels import CLASS_NAMES
+from tgdfer.mil import aggregate
+from tgdfer.model import FROZEN_PREFIX, TGDFER, count_parameters
+
+
+@pytest.fixture()
+def clip_model(tiny_clip_path):
+    from tgdfer.backbone import load_clip
+
+    return load_clip(str(tiny_clip_path)).model
+
+
+def _model(clip_model, **overrides) -> TGDFER:
+    return TGDFER(dataclasses.replace(ModelConfig(), **overrides), clip_model, CLASS_NAMES["dfew"], 16, 32)
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_clip_none(clip_model):
+    model = _model(clip_model, dropout=0.0)
+    out = model(torch.randn(4, 16, 32))
+    assert out.logits.shape == (4, 7) and out.scores.shape == (4, 16, 7) and out.align.shape == (4, 16, 7)
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert name.startswith(FROZEN_PREFIX) and p.grad is None, name
+    trainable, frozen = count_parameters(model)
+    assert trainable > 0 and frozen > 0
+    prompt, rest = model.parameter_groups()
+    assert len(prompt) == 2 and sum(p.numel() for p in prompt + rest) == trainable
+
+
+@pytest.mark.parametrize("placement", ["add", "prepend", "off"])
+@pytest.mark.parametrize("mil", ["attention", "mean", "topk"])
+def test_variants_run(clip_model, placement, mil):
+    model = _model(clip_model, visual_prompt=placement, mil=mil)
+    assert model(torch.randn(2, 16, 32)).logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("fine_text", "fine_learnable", "coarse_text", "coarse_learnable"),
+    [
+        ("class", False, "class", False),
+        ("descriptors", False, "descriptors", True),
+        ("descriptors", True, "class", False),
+    ],
+)
+def test_table5_prompt_settings_run(clip_model, fine_text, fine_learnable, coarse_text, coarse_learnable):
+    model = _model(
+        clip_model,
+        fine_text=fine_text,
+        fine_learnable=fine_learnable,
+        coarse_text=coarse_text,
+        coarse_learnable=coarse_learnable,
+    )
+    prompt, _ = model.parameter_groups()
+    assert len(prompt) == fine_learnable + coarse_learnable
+    assert model(torch.randn(2, 16, 32)).logits.shape == (2, 7)
+
+
+def test_frame_mask_confines_the_bag_to_chosen_frames(clip_model):
+    model = _model(clip_model, dropout=0.0).eval()
+    x = torch.randn(2, 16, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 3] = True
+    out = model(x, frame_mask=mask)
+    for mode in ("attention", "mean", "topk"):
+        bag = aggregate(out.scores, out.align, mode, 4, mask)
+        assert torch.allclose(bag, out.scores[:, 3], atol=1e-5), mode
+
+
+def test_checkpoint_state_leaves_out_clip(clip_model):
+    model = _model(clip_model)
+    state = model.trainable_state()
+    assert state and not any(k.startswith(FROZEN_PREFIX) for k in state)
+    other = _model(clip_model)
+    other.load_trainable_state(state)
+    x = torch.randn(2, 16, 32)
+    model.eval(), other.eval()
+    assert torch.equal(model(x).logits, other(x).logits)
+    with pytest.raises(ValueError, match="does not fit"):
+        _model(clip_model, fine_depth=2).load_trainable_state(state)

@@ -1,0 +1,52 @@
+"""Choosing the device and dtype, and reading torchrun's rank layout."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits under torchrun (one process: rank 0 of 1)."""
+
+    rank: int
+    world: int
+    local: int
+
+
+def ranks() -> Ranks:
+    return Ranks(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto -> cuda:<local rank> when CUDA is present, else cpu; other values are passed to torch.device."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: expected a device this machine has, found {spec!r} but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto -> fp16 on CUDA, fp32 on CPU (CPU half matmuls are slow and inexact)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in _DTYPES:
+        raise ValueError(f"--precision: expected auto or one of {sorted(_DTYPES)}, found {precision!r}")
+    return _DTYPES[precision]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]

@@ -1,0 +1,306 @@
+"""Stage 1: encode every clip's views with frozen CLIP once, into crash-safe HDF5 shards and one entry file.
+
+Flow: read and validate the annotations (errors stop here, before any encoding) -> load CLIP -> cut the clips
+into fixed shards of ``shard_clips`` annotation rows -> skip shards already committed with the same settings ->
+decode clips in DataLoader workers (``tgdfer.views.ClipViews``) -> encode on the device in fixed batches that
+never cross a shard -> commit each shard atomically -> when every shard exists, write the entry file and a
+failures CSV beside it.
+
+Under ``torchrun --nproc-per-node N`` rank r takes shards r, r+N, ...; all ranks meet at a barrier and rank 0
+writes the entry. Because shards and batches are fixed by the annotation order alone, one process, N processes,
+and a resumed run all write the same features.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tgdfer import __version__
+from tgdfer.atomic import committed, remove_stale_temporaries
+from tgdfer.backbone import load_clip
+from tgdfer.config import ExtractConfig
+from tgdfer.datasets import read_annotations
+from tgdfer.devices import Ranks, dtype_name, ranks, resolve_device, resolve_dtype
+from tgdfer.features import (
+    FORMAT_VERSION,
+    ShardData,
+    shard_dir,
+    shard_header,
+    shard_path,
+    write_entry,
+    write_shard,
+)
+from tgdfer.preprocess import augment_description, describe
+from tgdfer.sampling import SAMPLING_RULE
+from tgdfer.views import ClipJob, ClipViews, encode_frames, worker_init
+
+
+class ExtractError(RuntimeError):
+    """Extraction cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class _ShardBuffer:
+    """Views of one shard as they are encoded."""
+
+    index: int
+    rows: list[int]
+    features: list[torch.Tensor] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)  # uint8 frames not yet encoded
+    pending_frames: int = 0
+    meta: list[dict] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _workers(requested: int, world: int) -> int:
+    if requested >= 0:
+        return requested
+    return max(0, ((os.cpu_count() or 1) - 1) // max(world, 1))
+
+
+def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict:
+    """Everything that changes the features; its hash decides whether a committed shard can be reused."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": annotations.dataset,
+        "annotations_sha256": annotations.sha256(),
+        "clip_sha256": clip.sha256,
+        "frames": cfg.frames,
+        "train_views": cfg.views,
+        "seed": cfg.seed,
+        "image_size": clip.image_size,
+        "sampling": SAMPLING_RULE,
+        "preprocess": describe(clip.image_size),
+        "augment": augment_description(cfg.augment),
+        "face_crop": cfg.face_crop,
+        "shard_clips": cfg.shard_clips,
+        "dtype": dtype_name(dtype),
+        "batch_size": cfg.batch_size,  # batch composition changes the last bits of the features
+    }
+
+
+def _plan_shards(cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str) -> tuple[list[int], list[int]]:
+    """(shards this rank must encode, shards this rank finds already committed)."""
+    entry = Path(cfg.out)
+    n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
+    mine = list(range(me.rank, n_shards, me.world))
+    shard_dir(entry).mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        for k in mine:
+            shard_path(entry, k).unlink(missing_ok=True)
+        if me.rank == 0:
+            entry.unlink(missing_ok=True)
+            for stale in shard_dir(entry).glob("shard-*.h5"):
+                if int(stale.stem.split("-")[1]) >= n_shards:
+                    stale.unlink()
+    todo, done = [], []
+    for k in mine:
+        remove_stale_temporaries(shard_dir(entry), shard_path(entry, k).name)
+        header = shard_header(shard_path(entry, k))
+        if header is None:
+            todo.append(k)
+        elif header["fingerprint"] != fingerprint:
+            raise ExtractError(
+                f"{shard_path(entry, k)} was made with other settings than this run's (model, frames, views, seed, "
+                f"annotations, ...). Expected settings hash {fingerprint[:12]}, found {header['fingerprint'][:12]}. "
+                "Pass --overwrite to redo it, or choose another --out"
+            )
+        else:
+            done.append(k)
+    return todo, done
+
+
+def _flush(buffer: _ShardBuffer, clip, batch_size: int, final: bool) -> None:
+    """Encode the buffered frames in whole batches (and the remainder when ``final``)."""
+    if not buffer.pending:
+        return
+    frames = torch.cat(buffer.pending) if len(buffer.pending) > 1 else buffer.pending[0]
+    usable = len(frames) if final else (len(frames) // batch_size) * batch_size
+    if usable:
+        buffer.features.append(encode_frames(clip, frames[:usable], batch_size))
+    rest = frames[usable:]
+    buffer.pending = [rest] if len(rest) else []
+    buffer.pending_frames = len(rest)
+
+
+def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprint: str, settings: dict) -> None:
+    feats = (torch.cat(buffer.features).cpu().numpy() if buffer.features else np.empty((0, dim), np.float16)).reshape(
+        -1, frames, dim
+    )
+    meta = buffer.meta
+
+    def cat(key: str, dtype, shape=(0,)) -> np.ndarray:
+        return np.concatenate([m[key] for m in meta]).astype(dtype) if meta else np.empty(shape, dtype)
+
+    data = ShardData(
+        index=buffer.index,
+        features=feats.astype(np.float16),
+        view_row=np.concatenate([np.full(len(m["view_kind"]), m["row"]) for m in meta]).astype(np.int32)
+        if meta
+        else np.empty(0, np.int32),
+        view_kind=cat("view_kind", np.int8),
+        view_index=cat("view_index", np.int16),
+        view_frames=cat("view_frames", np.int32, (0, frames)),
+        clip_rows=np.array([m["row"] for m in meta], dtype=np.int32),
+        num_frames=np.array([m["num_frames"] for m in meta], dtype=np.int32),
+        failed_rows=np.array([r for r, _ in buffer.failed], dtype=np.int32),
+        failed_reasons=tuple(reason for _, reason in buffer.failed),
+    )
+    if len(data.features) != len(data.view_row):
+        raise ExtractError(
+            f"shard {buffer.index}: {len(data.features)} encoded views for {len(data.view_row)} "
+            "planned; this is a bug in tgdfer"
+        )
+    write_shard(shard_path(entry, buffer.index), data, fingerprint, settings)
+
+
+def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, settings: dict, me: Ranks) -> dict:
+    entry = Path(cfg.out)
+    rows_of = {
+        k: list(range(k * cfg.shard_clips, min((k + 1) * cfg.shard_clips, len(annotations.clips)))) for k in todo
+    }
+    jobs = [ClipJob(r, annotations.clips[r].id, annotations.clips[r].path) for k in todo for r in rows_of[k]]
+    dataset = ClipViews(jobs, cfg.frames, cfg.views, cfg.seed, clip.image_size, cfg.augment, cfg.face_crop)
+    workers = _workers(cfg.workers, me.world)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=clip.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    stats = {"clips": 0, "views": 0, "frames": 0, "failures": 0, "shards": len(todo)}
+    queue = list(todo)
+    buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None
+    remaining = len(buffer.rows) if buffer else 0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(jobs),
+        unit="clip",
+        desc=f"extract[{me.rank}]" if me.world > 1 else "extract",
+        disable=None,
+        dynamic_ncols=True,
+    )
+    for item in loader:
+        if item["error"] is not None:
+            if cfg.strict:
+                raise ExtractError(
+                    f"{item['error']} (--strict stops at the first bad clip; without it bad clips "
+                    "are skipped and listed)"
+                )
+            buffer.failed.append((item["row"], item["error"]))
+            stats["failures"] += 1
+        else:
+            frames = item.pop("frames")
+            buffer.pending.append(frames)
+            buffer.pending_frames += len(frames)
+            buffer.meta.append(item)
+            stats["clips"] += 1
+            stats["views"] += len(item["view_kind"])
+            stats["frames"] += len(frames)
+            if buffer.pending_frames >= cfg.batch_size:
+                _flush(buffer, clip, cfg.batch_size, final=False)
+        remaining -= 1
+        bar.update(1)
+        bar.set_postfix(
+            frames_s=f"{stats['frames'] / max(time.perf_counter() - start, 1e-9):.0f}",
+            failed=stats["failures"],
+            refresh=False,
+        )
+        if remaining == 0:
+            _flush(buffer, clip, cfg.batch_size, final=True)
+            _commit(buffer, entry, cfg.frames, clip.dim, fingerprint, settings)
+            queue.pop(0)
+            if queue:
+                buffer = _ShardBuffer(queue[0], rows_of[queue[0]])
+                remaining = len(buffer.rows)
+    bar.close()
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _write_outputs(cfg: ExtractConfig, annotations, clip, settings: dict, n_shards: int) -> dict:
+    entry = Path(cfg.out)
+    files = [shard_path(entry, k) for k in range(n_shards)]
+    missing = [str(p) for p in files if shard_header(p) is None]
+    if missing:
+        raise ExtractError(
+            f"cannot write {entry}: {len(missing)} shards are missing ({missing[:3]} ...); a rank "
+            "failed? Rerun the same command to finish them"
+        )
+    attrs = {
+        **settings,
+        # a name clip can download again, or the absolute path of the file, so stage 2 finds the same weights
+        "clip_model": cfg.clip
+        if not Path(cfg.clip).expanduser().is_file()
+        else str(Path(cfg.clip).expanduser().resolve()),
+        "tgdfer_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+    }
+    totals = write_entry(entry, annotations, files, attrs)
+    failures_csv = entry.with_name(f"{entry.stem}.failures.csv")
+    with committed(failures_csv) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "path", "reason"])
+        writer.writerows(totals.pop("failed"))
+    totals["failures_csv"] = str(failures_csv)
+    return totals
+
+
+def extract(cfg: ExtractConfig) -> dict:
+    """Run stage 1 as configured; returns the summary figures (also printed as one line)."""
+    me = ranks()
+    if cfg.frames < 1 or cfg.views < 0 or cfg.shard_clips < 1 or cfg.batch_size < 1:
+        raise ExtractError(
+            f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
+            f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
+        )
+    annotations = read_annotations(cfg.dataset, cfg.root, cfg.annotations)
+    if not annotations.clips:
+        raise ExtractError(f"the {cfg.dataset} annotations under {cfg.root} list no clips")
+    if me.world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    device = resolve_device(cfg.device, me.local)
+    dtype = resolve_dtype(cfg.precision, device)
+    clip = load_clip(cfg.clip, device, dtype, cfg.download_root)
+    settings = _settings(cfg, annotations, clip, dtype)
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
+    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint)
+    if done:
+        print(f"[rank {me.rank}] resuming: {len(done)} committed shards kept, {len(todo)} to encode", flush=True)
+    stats = _encode_shards(cfg, annotations, clip, todo, fingerprint, settings, me)
+    if me.world > 1:
+        torch.distributed.barrier()
+    summary = dict(stats)
+    if me.rank == 0:
+        totals = _write_outputs(cfg, annotations, clip, settings, n_shards)
+        summary.update(totals=totals, entry=cfg.out)
+        secs = stats["seconds"]
+        print(
+            f"extract: {stats['clips']} clips, {stats['views']} views, {stats['frames']} frames encoded, "
+            f"{stats['failures']} failures in {secs:.1f} s ({stats['frames'] / max(secs, 1e-9):.0f} frames/s) on "
+            f"{device} x{me.world}; cache {cfg.out} holds {totals['clips']} clips, {totals['views']} views, "
+            f"{totals['failures']} failures (listed in {totals['failures_csv']})",
+            flush=True,
+        )
+    if me.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary

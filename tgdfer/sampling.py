@@ -1,0 +1,61 @@
+"""Which T frames of an n-frame clip a view uses. Pure functions of (n, T) and, for train views, a seed.
+
+The clip is cut into T equal segments [floor(i*n/T), floor((i+1)*n/T)). The test view takes each segment's centre
+frame, so evaluation is repeatable (unlike M3DFEL's random test sampling). A train view takes one uniformly random
+frame inside each segment, so it spans the whole clip at any length (unlike DFER-CLIP, whose train sampling
+takes frames 0..15 of a 16-31 frame clip). Clips shorter than T use every frame once, then repeat the last.
+The randomness of a train view comes only from (seed, clip id, view), so reruns and other ranks agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+SAMPLING_RULE = (
+    "T equal segments; test view: centre frame of each segment; train view k: uniform random frame in each "
+    "segment, generator seeded by sha256(seed, clip id, k); clips shorter than T: all frames then the last repeated"
+)
+
+
+def _short_clip(n: int, frames: int) -> np.ndarray:
+    return np.minimum(np.arange(frames), n - 1)
+
+
+def _check(n: int, frames: int) -> None:
+    if n < 1:
+        raise ValueError(f"a clip needs at least 1 frame to sample from, found {n}")
+    if frames < 1:
+        raise ValueError(f"frames per view (T) must be at least 1, found {frames}")
+
+
+def segment_bounds(n: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the T segments, ends exclusive; (T,) int64 each. Requires n >= T."""
+    i = np.arange(frames + 1, dtype=np.int64)
+    edges = (i * n) // frames
+    return edges[:-1], edges[1:]
+
+
+def centre_indices(n: int, frames: int) -> np.ndarray:
+    """The test view: centre frame of each of T equal segments, (T,) int64."""
+    _check(n, frames)
+    if n < frames:
+        return _short_clip(n, frames)
+    starts, ends = segment_bounds(n, frames)
+    return (starts + ends - 1) // 2
+
+
+def train_indices(n: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A train view: one uniformly random frame in each of T equal segments, (T,) int64."""
+    _check(n, frames)
+    if n < frames:
+        return _short_clip(n, frames)
+    starts, ends = segment_bounds(n, frames)
+    return starts + rng.integers(0, ends - starts)
+
+
+def view_rng(seed: int, clip_id: str, view: int) -> np.random.Generator:
+    """A generator that depends only on (seed, clip id, view), never on process, order or hash seed."""
+    digest = hashlib.sha256(f"{seed}\x00{clip_id}\x00{view}".encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))

@@ -1,0 +1,297 @@
+"""Generated face clips and dataset trees, for tests, benchmarks and the demo; no real data needed.
+
+Each clip is a drawn face that starts neutral, shows its class's expression for a stretch of frames (the apex),
+and relaxes again, like the in-the-wild clips of DFEW where only some frames carry the emotion. Expressions differ
+in the drawn movements the descriptors name (mouth corners, brows, eye opening), so a good image encoder can
+tell them apart; pose, size, lighting and background vary per clip.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tgdfer.labels import CLASS_NAMES
+
+
+@dataclass(frozen=True)
+class Expression:
+    """Drawing parameters at full intensity; neutral is all zeros."""
+
+    smile: float = 0.0  # mouth-corner lift, -1 (down) .. 1 (up)
+    mouth_open: float = 0.0  # 0 .. 1
+    mouth_wide: float = 0.0  # lips stretched sideways, 0 .. 1
+    brow_raise: float = 0.0  # -1 (lowered) .. 1 (raised)
+    brow_knit: float = 0.0  # inner ends tilted: -1 (inner up, sad/fear) .. 1 (inner down, anger)
+    eye_open: float = 0.0  # -1 (narrowed) .. 1 (wide)
+    nose_wrinkle: float = 0.0  # 0 .. 1
+    asymmetry: float = 0.0  # one mouth corner higher (contempt/disgust), 0 .. 1
+
+
+EXPRESSIONS: dict[str, Expression] = {
+    "happiness": Expression(smile=1.0, eye_open=-0.4, mouth_open=0.3),
+    "sadness": Expression(smile=-0.9, brow_knit=-0.9, eye_open=-0.5),
+    "neutral": Expression(),
+    "anger": Expression(brow_raise=-0.8, brow_knit=1.0, smile=-0.2, eye_open=-0.3),
+    "surprise": Expression(brow_raise=1.0, eye_open=1.0, mouth_open=1.0),
+    "disgust": Expression(nose_wrinkle=1.0, asymmetry=0.8, eye_open=-0.6, smile=-0.3),
+    "fear": Expression(brow_raise=0.7, brow_knit=-0.7, eye_open=0.9, mouth_wide=1.0, mouth_open=0.4),
+    "contempt": Expression(asymmetry=1.0, smile=0.2),
+    "anxiety": Expression(brow_knit=-0.5, mouth_wide=0.5, eye_open=0.3),
+    "helplessness": Expression(brow_knit=-0.8, mouth_open=0.5, eye_open=-0.4),
+    "disappointment": Expression(smile=-0.6, eye_open=-0.7),
+}
+
+
+def intensity_curve(n: int, rng: np.random.Generator, apex_fraction: tuple[float, float] = (0.25, 0.6)) -> np.ndarray:
+    """(n,) expression intensity in [0, 1]: neutral, a ramp up, an apex plateau, a ramp down."""
+    width = max(1, round(n * rng.uniform(*apex_fraction)))
+    start = int(rng.integers(0, max(1, n - width + 1)))
+    t = np.arange(n, dtype=np.float64)
+    ramp = max(1.0, width * 0.25)
+    rise = np.clip((t - start + ramp) / ramp, 0, 1)
+    fall = np.clip((start + width + ramp - 1 - t) / ramp, 0, 1)
+    return np.minimum(rise, fall)
+
+
+def draw_face(expr: Expression, intensity: float, size: int, look: dict) -> np.ndarray:
+    """One (size, size, 3) RGB uint8 frame of a face showing ``expr`` at ``intensity``."""
+    s = size / 224.0
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = look["background"]
+    img = cv2.add(img, look["texture"])
+    cx, cy = size / 2 + look["dx"] * s, size / 2 + look["dy"] * s
+    k = look["scale"] * s
+    e = {f: getattr(expr, f) * intensity for f in expr.__dataclass_fields__}
+
+    def pt(x: float, y: float) -> tuple[int, int]:
+        return round(cx + x * k), round(cy + y * k)
+
+    cv2.ellipse(img, pt(0, 0), (int(70 * k), int(92 * k)), 0, 0, 360, look["skin"], -1, cv2.LINE_AA)
+    dark = (40, 30, 30)
+    for side in (-1, 1):  # eyes and brows
+        ex, ey = 28 * side, -22
+        eye_h = max(1, int((9 + 6 * e["eye_open"]) * k))
+        cv2.ellipse(img, pt(ex, ey), (int(13 * k), eye_h), 0, 0, 360, (250, 250, 250), -1, cv2.LINE_AA)
+        cv2.circle(img, pt(ex, ey), max(1, int(5 * k)), dark, -1, cv2.LINE_AA)
+        lift = -14 * e["brow_raise"]
+        inner = 10 * e["brow_knit"]
+        p_outer, p_inner = pt(ex + 16 * side, ey - 20 + lift), pt(ex - 14 * side, ey - 20 + lift + inner)
+        cv2.line(img, p_outer, p_inner, dark, max(1, int(4 * k)), cv2.LINE_AA)
+    if e["nose_wrinkle"] > 0.05:
+        for dy in (-4, 2):
+            cv2.line(img, pt(-8, dy), pt(8, dy - 3), (90, 60, 60), max(1, int(2 * k)), cv2.LINE_AA)
+    cv2.line(img, pt(0, -6), pt(-6, 18), (120, 80, 80), max(1, int(2 * k)), cv2.LINE_AA)
+    half = 24 + 14 * e["mouth_wide"]  # mouth: a curve whose corners lift with smile
+    xs = np.linspace(-half, half, 21)
+    corner_lift = 16 * e["smile"]
+    ys = 46 - corner_lift * (xs / half) ** 2 + 6 * e["asymmetry"] * (xs / half) * -1
+    upper = np.stack([cx + xs * k, cy + ys * k], 1)
+    lower = np.stack([cx + xs * k, cy + (ys + 22 * e["mouth_open"] * (1 - (xs / half) ** 2)) * k], 1)
+    poly = np.concatenate([upper, lower[::-1]]).round().astype(np.int32)
+    cv2.fillPoly(img, [poly], (110, 30, 40), cv2.LINE_AA)
+    cv2.polylines(img, [upper.round().astype(np.int32)], False, (90, 20, 30), max(1, int(3 * k)), cv2.LINE_AA)
+    if look["angle"]:
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), look["angle"], 1.0)
+        img = cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.convertScaleAbs(img, alpha=look["contrast"], beta=look["brightness"])
+
+
+def random_look(rng: np.random.Generator, size: int) -> dict:
+    """Per-clip appearance: position, scale, tilt, skin, lighting, background."""
+    texture = rng.normal(0, 12, (size // 8, size // 8, 3))
+    texture = cv2.resize(np.clip(texture + 12, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+    return {
+        "dx": rng.uniform(-10, 10),
+        "dy": rng.uniform(-8, 8),
+        "scale": rng.uniform(0.9, 1.1),
+        "angle": rng.uniform(-8, 8),
+        "skin": tuple(int(v) for v in rng.uniform([150, 110, 90], [235, 190, 170])),
+        "background": tuple(int(v) for v in rng.uniform(20, 120, 3)),
+        "texture": texture,
+        "brightness": rng.uniform(-20, 20),
+        "contrast": rng.uniform(0.85, 1.15),
+    }
+
+
+def make_clip(label: str, n: int, size: int, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """(frames as RGB uint8, (n,) intensity) of one generated clip of class ``label``."""
+    look = random_look(rng, size)
+    curve = intensity_curve(n, rng)
+    expr = EXPRESSIONS.get(label, Expression(smile=math.sin(sum(map(ord, label)))))
+    jitter = rng.normal(0, 0.8, (n, 2)).cumsum(0).clip(-6, 6)
+    frames = []
+    for i in range(n):
+        frame_look = {**look, "dx": look["dx"] + jitter[i, 0], "dy": look["dy"] + jitter[i, 1]}
+        frames.append(draw_face(expr, float(curve[i]), size, frame_look))
+    return frames, curve
+
+
+def write_frame_folder(folder: str | Path, frames: list[np.ndarray], quality: int = 90) -> Path:
+    """Frames as 1.jpg, 2.jpg, ... (numeric names, as DFEW's folders)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames, 1):
+        cv2.imwrite(
+            str(folder / f"{i}.jpg"),
+            cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, quality],
+        )
+    return folder
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
+    """An MPEG-4 Part 2 .mp4 (the codec every OpenCV wheel can write)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path} with the mp4v codec")
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def make_dfew_tree(
+    root: str | Path, n_clips: int, frames: tuple[int, int] = (40, 110), size: int = 224, seed: int = 0
+) -> Path:
+    """A DFEW-shaped tree: EmoLabel_DataSplit CSVs of 5 folds and Clip/clip_224x224/<id>/<n>.jpg folders.
+
+    Frame counts are uniform in ``frames`` (DFEW's mean is about 77); clip k is in the test set of fold k % 5.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    classes = CLASS_NAMES["dfew"]
+    labels = rng.integers(0, len(classes), n_clips)
+    for k in range(n_clips):
+        clip_frames, _ = make_clip(classes[labels[k]], int(rng.integers(frames[0], frames[1] + 1)), size, rng)
+        write_frame_folder(root / "Clip" / "clip_224x224" / f"{k + 1:05d}", clip_frames)
+    for fold in range(1, 6):
+        for part in ("train", "test"):
+            folder = root / "EmoLabel_DataSplit" / f"{part}(single-labeled)"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"set_{fold}.csv", "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["video_name", "label"])
+                for k in range(n_clips):
+                    if (k % 5 == fold - 1) == (part == "test"):
+                        writer.writerow([k + 1, labels[k] + 1])
+    return root
+
+
+def make_csv_dataset(
+    root: str | Path,
+    per_class: int,
+    classes: tuple[str, ...] = CLASS_NAMES["dfew"],
+    frames: tuple[int, int] = (24, 48),
+    size: int = 224,
+    test_fraction: float = 0.3,
+    videos: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A users'-own-data tree: clips (frame folders, or .mp4 with ``videos``) and ``annotations.csv``
+    with columns path,label,split. Returns the CSV path."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            clip_frames, _ = make_clip(name, int(rng.integers(frames[0], frames[1] + 1)), size, rng)
+            rel = f"clips/{name}_{i:03d}" + (".mp4" if videos else "")
+            if videos:
+                write_video(root / rel, clip_frames)
+            else:
+                write_frame_folder(root / rel, clip_frames)
+            split = "test" if i < max(1, round(per_class * test_fraction)) else "train"
+            rows.append((rel, name, split, c))
+    path = root / "annotations.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows(r[:3] for r in rows)
+    return path
+
+
+def write_feature_cache(
+    path: str | Path,
+    clip_model: str,
+    clip_sha256: str,
+    n_clips: int = 240,
+    classes: tuple[str, ...] = CLASS_NAMES["dfew"],
+    frames: int = 16,
+    dim: int = 32,
+    views: int = 2,
+    signal_frames: int = 3,
+    signal: float = 1.0,
+    noise: float = 1.0,
+    folds: int = 5,
+    shard_clips: int = 4096,
+    seed: int = 0,
+) -> np.ndarray:
+    """A stage-1 cache of generated features, written through the real writer (stage 2 cannot tell).
+
+    Every view of a clip holds its class signal in only ``signal_frames`` of its T frames, at random positions:
+    those frames are ``signal * prototype[class] + noise``; all other frames are noise drawn the same way for
+    every class. Clip k is in the test set of fold k % folds. Returns the (V, T) bool mask of signal frames.
+    """
+    from tgdfer.datasets import Annotations, ClipRecord
+    from tgdfer.features import TEST_VIEW, TRAIN_VIEW, ShardData, shard_path, write_entry, write_shard
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(0, 1, (len(classes), dim))
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True) / math.sqrt(dim)  # per-coordinate scale ~1
+    labels = rng.integers(0, len(classes), n_clips)
+    per_clip = 1 + views
+    feats = rng.normal(0, noise, (n_clips, per_clip, frames, dim)).astype(np.float32)
+    mask = np.zeros((n_clips, per_clip, frames), dtype=bool)
+    for c in range(n_clips):
+        for v in range(per_clip):
+            where = rng.choice(frames, size=signal_frames, replace=False)
+            mask[c, v, where] = True
+            feats[c, v, where] += signal * prototypes[labels[c]]
+    clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
+    split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
+    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2  # ... but in the test set of one
+    annotations = Annotations("synthetic", tuple(classes), split_names, clips, membership, ())
+    settings = {"generated": True, "seed": seed, "signal_frames": signal_frames}
+    files = []
+    for k, start in enumerate(range(0, n_clips, shard_clips)):
+        rows = np.arange(start, min(start + shard_clips, n_clips))
+        kinds = np.tile(np.array([TEST_VIEW] + [TRAIN_VIEW] * views, np.int8), len(rows))
+        data = ShardData(
+            index=k,
+            features=feats[rows].reshape(-1, frames, dim).astype(np.float16),
+            view_row=np.repeat(rows, per_clip).astype(np.int32),
+            view_kind=kinds,
+            view_index=np.tile(np.array([0, *range(views)], np.int16), len(rows)),
+            view_frames=np.tile(np.arange(frames, dtype=np.int32), (len(rows) * per_clip, 1)),
+            clip_rows=rows.astype(np.int32),
+            num_frames=np.full(len(rows), frames, np.int32),
+            failed_rows=np.empty(0, np.int32),
+            failed_reasons=(),
+        )
+        files.append(shard_path(path, k))
+        write_shard(files[-1], data, "generated", settings)
+    write_entry(
+        path,
+        annotations,
+        files,
+        {
+            "clip_model": clip_model,
+            "clip_sha256": clip_sha256,
+            "train_views": views,
+            "fingerprint": f"generated-{seed}",
+            "sampling": "generated",
+            "tgdfer_version": "generated",
+        },
+    )
+    return mask.reshape(-1, frames)

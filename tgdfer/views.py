@@ -1,0 +1,128 @@
+"""From a clip on disk to the uint8 frames of its views, ready for the CLIP image encoder.
+
+A clip has one test view (segment centres, plain CLIP preprocessing) and ``views`` augmented train views (random
+frame per segment, one augmentation draw per view). Stage 1 (extract) and ``tgdfer predict`` both go through
+``ClipViews``, so a trained model sees the same sampling and preprocessing at inference as in its cache.
+``ClipViews`` is a torch Dataset so decoding runs in DataLoader worker processes, whose tensors travel to the
+encoder through shared memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tgdfer.config import AugmentConfig
+from tgdfer.features import TEST_VIEW, TRAIN_VIEW
+from tgdfer.preprocess import AugmentDraw, augment_view, clip_view, draw_augment, normalize
+from tgdfer.sampling import centre_indices, train_indices, view_rng
+from tgdfer.video import ClipError, read_sampled
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    row: int  # annotation row (or input number for predict)
+    id: str  # seeds the train views: the same id always gets the same views
+    path: str  # frame folder or video file
+
+
+def plan_views(
+    n: int, frames: int, views: int, seed: int, clip_id: str, augment: AugmentConfig
+) -> tuple[list[np.ndarray], list[AugmentDraw | None]]:
+    """Frame indices and augmentation of the test view and ``views`` train views of an n-frame clip."""
+    indices, draws = [centre_indices(n, frames)], [None]
+    for k in range(views):
+        rng = view_rng(seed, clip_id, k)
+        indices.append(train_indices(n, frames, rng))
+        draws.append(draw_augment(rng, augment))
+    return indices, draws
+
+
+class ClipViews(Dataset):
+    """Item i: the views of clip ``jobs[i]`` as a dict (see ``__getitem__``); failures come back, not raised."""
+
+    def __init__(
+        self,
+        jobs: list[ClipJob],
+        frames: int,
+        views: int,
+        seed: int,
+        size: int,
+        augment: AugmentConfig,
+        face_crop: bool = False,
+    ):
+        self.jobs, self.frames, self.views, self.seed, self.size = jobs, frames, views, seed, size
+        self.augment, self.face_crop = augment, face_crop
+        self._cropper = None
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def _faces(self, decoded: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], dict[int, bool]]:
+        if not self.face_crop:
+            return decoded, dict.fromkeys(decoded, True)
+        if self._cropper is None:  # built in the worker process, on first use
+            from tgdfer.faces import FaceCropper
+
+            self._cropper = FaceCropper()
+        return self._cropper.crop_clip(decoded)
+
+    def __getitem__(self, i: int) -> dict:
+        """{row, error (str or None), num_frames, frames (V*T, S, S, 3) uint8, view_frames (V, T) int32,
+        view_kind (V,) int8, view_index (V,) int16, face_found (V, T) bool}."""
+        job = self.jobs[i]
+        plan: dict = {}
+
+        def make_plan(n: int) -> list[np.ndarray]:
+            plan["indices"], plan["draws"] = plan_views(n, self.frames, self.views, self.seed, job.id, self.augment)
+            return plan["indices"]
+
+        try:
+            n, decoded, indices = read_sampled(job.path, make_plan)
+        except ClipError as exc:
+            return {"row": job.row, "error": str(exc)}
+        except Exception as exc:  # a reader we do not know failing on a file it cannot parse
+            return {"row": job.row, "error": f"unreadable clip ({type(exc).__name__}: {exc}): {job.path}"}
+        decoded, found = self._faces(decoded)
+        out = np.empty((len(indices) * self.frames, self.size, self.size, 3), dtype=np.uint8)
+        k = 0
+        for view_idx, draw in zip(indices, plan["draws"], strict=True):
+            for t in view_idx:
+                frame = decoded[int(t)]
+                out[k] = clip_view(frame, self.size) if draw is None else augment_view(frame, draw, self.size)
+                k += 1
+        view_frames = np.stack(indices).astype(np.int32)
+        return {
+            "row": job.row,
+            "error": None,
+            "num_frames": n,
+            "frames": torch.from_numpy(out),
+            "view_frames": view_frames,
+            "view_kind": np.array([TEST_VIEW] + [TRAIN_VIEW] * self.views, dtype=np.int8),
+            "view_index": np.array([0, *range(self.views)], dtype=np.int16),
+            "face_found": np.vectorize(lambda t: found[int(t)], otypes=[bool])(view_frames),
+        }
+
+
+def worker_init(_: int) -> None:
+    """One thread per decode worker: parallelism comes from the processes."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def encode_frames(clip, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N, S, S, 3) uint8 (any device) -> (N, D) features in fp16 on the encoder's device, in fixed batches.
+
+    Batches are cut only by position, so the same frames in the same order give bit-identical features.
+    """
+    outputs = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size].to(clip.device, non_blocking=True)
+        outputs.append(clip.encode_images(normalize(chunk, clip.dtype)).to(torch.float16))
+    if not outputs:
+        return torch.empty(0, clip.dim, dtype=torch.float16, device=clip.device)
+    return torch.cat(outputs)
