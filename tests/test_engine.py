@@ -38,14 +38,12 @@ def test_learns_the_signal_frames_of_weakly_labelled_clips(tmp_path, tiny_clip_p
     assert metrics["war"] > 4 * chance and metrics["uar"] > 4 * chance, metrics
 
     # Influence: the frame scoring highest for the true class should be a signal frame (chance 3/16).
-    cache = load_cache(path)
-    data = fold_data(cache, "1", torch.device("cpu"))
-    from tgdfer.engine import build_model
+    from tgdfer.engine import load_run
 
-    model = build_model(_cfg(path, tmp_path / "run"), cache, torch.device("cpu"))
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    model.load_trainable_state(state["model"])
-    out = predict_views(model, data.features[data.test_views], amp=False)
+    data = fold_data(load_cache(path), "1", torch.device("cpu"))
+    run = load_run(tmp_path / "run", device="cpu")
+    assert run.epoch == 10 and run.class_names == data.class_names
+    out = predict_views(run.model, data.features[data.test_views], amp=False)
     y = data.test_labels.numpy()
     top = out["scores"].numpy()[np.arange(len(y)), :, y].argmax(1)
     hit_rate = mask[data.test_views.numpy(), top].mean()

@@ -188,18 +188,61 @@ def _cache_identity(cache: FeatureCache) -> dict:
     return {k: cache.attrs.get(k) for k in keys} | {"path": cache.path}
 
 
-def build_model(cfg: RunConfig, cache: FeatureCache, device: torch.device, clip: FrozenClip | None = None) -> TGDFER:
-    """Load the cache's CLIP (refusing other weights), seed, and build the model on ``device``."""
-    source = cfg.clip or cache.attrs["clip_model"]
+def build_model(
+    cfg: RunConfig, identity: dict, device: torch.device, clip: FrozenClip | None = None
+) -> tuple[TGDFER, FrozenClip]:
+    """Load the cache's CLIP (refusing other weights), seed, and build the model on ``device``.
+
+    ``identity`` is what the model must fit: the cache's clip_model, clip_sha256, class_names, frames, dim.
+    """
+    source = cfg.clip or identity["clip_model"]
     clip = clip or load_clip(source, "cpu", torch.float32)
-    if clip.sha256 != cache.attrs["clip_sha256"]:
+    if clip.sha256 != identity["clip_sha256"]:
         raise CacheError(
-            f"CLIP weights {source!r} have sha256 {clip.sha256[:12]}, but {cache.path} was extracted "
-            f"with {cache.attrs['clip_sha256'][:12]} ({cache.attrs['clip_model']}): pass the same "
-            "weights with --clip"
+            f"CLIP weights {source!r} have sha256 {clip.sha256[:12]}, but {identity.get('path', 'the cache')} was "
+            f"extracted with {identity['clip_sha256'][:12]} ({identity['clip_model']}): pass the same weights with "
+            "--clip"
         )
     torch.manual_seed(cfg.train.seed)
-    return TGDFER(cfg.model, clip.model, cache.class_names, cache.frames, cache.dim).to(device)
+    model = TGDFER(cfg.model, clip.model, tuple(identity["class_names"]), int(identity["frames"]), int(identity["dim"]))
+    return model.to(device), clip
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """A finished (or checkpointed) run, rebuilt for inference without its cache file."""
+
+    model: TGDFER  # eval mode, on the asked device
+    config: RunConfig
+    identity: dict  # the cache the run trained on: clip_model, clip_sha256, class_names, frames, dim, ...
+    clip: FrozenClip  # the same CLIP weights, for encoding new frames
+    epoch: int  # epochs trained
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.identity["class_names"])
+
+
+def load_run(run_dir: str | Path, device: str = "auto", clip_source: str | None = None) -> TrainedRun:
+    """Rebuild the model of a run directory from its checkpoint, with the CLIP weights it was trained with."""
+    from dataclasses import replace
+
+    from tgdfer.config import from_dict
+
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise TrainingError(
+            f"--run: expected a run directory written by `tgdfer train` with checkpoint.pt, found none in {run_dir}"
+        )
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    cfg = from_dict(RunConfig, state["config"])
+    if clip_source:
+        cfg = replace(cfg, clip=clip_source)
+    dev = resolve_device(device)
+    model, clip = build_model(cfg, state["cache"], dev)
+    model.load_trainable_state(state["model"])
+    return TrainedRun(model=model.eval(), config=cfg, identity=state["cache"], clip=clip, epoch=int(state["epoch"]))
 
 
 def make_optimizer(model: TGDFER, cfg: RunConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -270,7 +313,7 @@ def fit(
     device = resolve_device(cfg.device)
     cache = cache or load_cache(cfg.features)
     data = fold_data(cache, cfg.fold, device)
-    model = build_model(cfg, cache, device, clip)
+    model, _ = build_model(cfg, _cache_identity(cache), device, clip)
     optimizer, scheduler = make_optimizer(model, cfg)
     trainable, frozen = count_parameters(model)
     log(
