@@ -59,6 +59,9 @@ class ExtractConfig:
 class ModelConfig:
     """The TG-DFER network (§3.2-3.3). Defaults are the paper's best setting (Table 3 e, Table 4, Table 5 h)."""
 
+    center: bool = True  # subtract the train split's mean frame feature first: CLIP face embeddings share most
+    #                      of their direction (clips' mean pairwise cosine 0.93 in the demo cache), which drowned
+    #                      the class differences and left training at chance; the paper is silent on it
     # Multi-grained temporal network, §3.2
     fine_depth: int = 1  # transformer layers per fine window (Eq. 2); Table 3 row e; 0 removes the module
     coarse_depth: int = 1  # transformer layers over all T frames (Eq. 4); Table 3 row e; 0 removes it

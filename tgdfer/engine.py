@@ -83,6 +83,16 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     )
 
 
+@torch.no_grad()
+def train_feature_mean(data: FoldData, chunk: int = 4096) -> torch.Tensor:
+    """(D,) mean frame feature over every train view of the split's train clips (the centring of ModelConfig)."""
+    views = data.train_views.flatten()
+    total = torch.zeros(data.features.shape[-1], dtype=torch.float64, device=data.features.device)
+    for start in range(0, len(views), chunk):
+        total += data.features[views[start : start + chunk]].double().sum(dim=(0, 1))
+    return (total / (len(views) * data.features.shape[1])).float()
+
+
 def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
@@ -175,6 +185,7 @@ def evaluate(model: TGDFER, data: FoldData, amp: bool = True, select: tuple[str,
 
 
 def _cache_identity(cache: FeatureCache) -> dict:
+    """What a run needs to know of its cache; saved in config.json and every checkpoint (predict reads it)."""
     keys = (
         "fingerprint",
         "clip_sha256",
@@ -184,6 +195,12 @@ def _cache_identity(cache: FeatureCache) -> dict:
         "dim",
         "train_views",
         "class_names",
+        "image_size",
+        "dtype",
+        "face_crop",
+        "seed",
+        "sampling",
+        "preprocess",
     )
     return {k: cache.attrs.get(k) for k in keys} | {"path": cache.path}
 
@@ -314,6 +331,7 @@ def fit(
     cache = cache or load_cache(cfg.features)
     data = fold_data(cache, cfg.fold, device)
     model, _ = build_model(cfg, _cache_identity(cache), device, clip)
+    model.set_feature_mean(train_feature_mean(data))
     optimizer, scheduler = make_optimizer(model, cfg)
     trainable, frozen = count_parameters(model)
     log(

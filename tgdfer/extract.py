@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tgdfer import __version__
@@ -45,7 +44,7 @@ from tgdfer.features import (
 )
 from tgdfer.preprocess import augment_description, describe
 from tgdfer.sampling import SAMPLING_RULE
-from tgdfer.views import ClipJob, ClipViews, encode_frames, worker_init
+from tgdfer.views import ClipJob, ClipViews, decode_loader, encode_frames
 
 
 class ExtractError(RuntimeError):
@@ -174,16 +173,7 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
     }
     jobs = [ClipJob(r, annotations.clips[r].id, annotations.clips[r].path) for k in todo for r in rows_of[k]]
     dataset = ClipViews(jobs, cfg.frames, cfg.views, cfg.seed, clip.image_size, cfg.augment, cfg.face_crop)
-    workers = _workers(cfg.workers, me.world)
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=worker_init,
-        pin_memory=clip.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
+    loader = decode_loader(dataset, _workers(cfg.workers, me.world), pin_memory=clip.device.type == "cuda")
     stats = {"clips": 0, "views": 0, "frames": 0, "failures": 0, "shards": len(todo)}
     queue = list(todo)
     buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None

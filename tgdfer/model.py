@@ -74,9 +74,18 @@ class TGDFER(nn.Module):
             prompt_set(cfg.coarse_text, cfg.coarse_learnable),
         )
         self.visual_prompt = VisualPrompt(dim, cfg.visual_prompt, cfg.vp_weights, cfg.mlp_mult, cfg.tau)
+        # (D,) mean frame feature of the training split, set by ``set_feature_mean``; saved with the checkpoint
+        self.register_buffer("feature_mean", torch.zeros(dim))
+
+    @torch.no_grad()
+    def set_feature_mean(self, mean: torch.Tensor) -> None:
+        """Store the (D,) train-split mean that ``forward`` subtracts when ``center`` is on."""
+        self.feature_mean.copy_(mean.to(self.feature_mean))
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> Output:
         """(B, T, D) frame features [, (B, T) bool frames to use] -> Output."""
+        if self.cfg.center:
+            x = x - self.feature_mean
         xi = self.temporal(x)  # Eq. 2-5
         xfp, xcp = self.prompts()  # Eq. 6, (C, D) each
         labels, align = self.visual_prompt(xi, xfp, xcp, frame_mask)  # Eq. 7-10

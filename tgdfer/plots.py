@@ -92,6 +92,24 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (values - values.min()) / span if span > 0 else np.zeros_like(values)
 
 
+# Fig. 4 layout in pixels at 100 dpi, so the PNG's size depends on T alone (never on the title's text).
+_DPI = 100
+_CELL, _GAP = 120, 6  # frame thumbnail side and the gap between thumbnails
+_LEFT, _RIGHT, _MIN_WIDTH = 20, 110, 640  # the right margin holds the colour scale
+_TITLE, _LABEL, _BAR, _SPACE, _BOTTOM = 44, 20, 30, 4, 14  # heights of the rows, top to bottom
+
+
+def _cell(t: int) -> int:
+    return _CELL if t <= 16 else max(48, (16 * _CELL) // t)  # long clips: smaller thumbnails, a bounded width
+
+
+def influence_png_size(t: int) -> tuple[int, int]:
+    """(width, height) in pixels of ``influence_png``'s figure for T frames."""
+    cell = _cell(t)
+    width = max(_MIN_WIDTH, _LEFT + t * cell + (t - 1) * _GAP + _RIGHT)
+    return width, _TITLE + _LABEL + cell + _SPACE + _BAR + _BOTTOM
+
+
 def influence_png(
     frames: np.ndarray,
     influence: np.ndarray,
@@ -102,31 +120,56 @@ def influence_png(
 ) -> Path:
     """Fig. 4: the T sampled frames in a row, with their min-max normalised influence as a colour bar beneath.
 
-    frames (T, H, W, 3) uint8 RGB; influence (T,) raw instance scores of the explained class.
+    frames (T, H, W, 3) uint8 RGB; influence (T,) raw instance scores of the explained class; frame_numbers (T,)
+    labels the frames (default 1..T); no_face (T,) bool marks frames where no face was found. The colour of the
+    cell under each frame and the number in it are Eq. 12's value; purple is low, yellow high, as in the paper.
+    The PNG is exactly ``influence_png_size(T)`` pixels.
     """
     plt = _pyplot()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     t = len(frames)
+    if len(influence) != t:
+        raise ValueError(f"influence: expected one value per frame ({t}), found {len(influence)}")
     norm = minmax(influence)
-    fig = plt.figure(figsize=(max(8.0, 1.05 * t), 2.9), dpi=100)
-    grid = fig.add_gridspec(2, t, height_ratios=[4, 1], hspace=0.08, wspace=0.04)
+    width, height = influence_png_size(t)
+    cell = _cell(t)
+    strip = t * cell + (t - 1) * _GAP
+    left = max(_LEFT, (width - _RIGHT - strip) // 2)  # centre a short strip under a title that needs the room
+    fig = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     cmap = plt.get_cmap("viridis")  # purple (low) to yellow (high), as the paper's Fig. 4
+
+    def box(x: float, top: float, w: float, h: float) -> list[float]:
+        """Pixels from the figure's top-left -> matplotlib's [left, bottom, width, height] fractions."""
+        return [x / width, 1 - (top + h) / height, w / width, h / height]
+
+    frame_top = _TITLE + _LABEL
+    bar_top = frame_top + cell + _SPACE
     for i in range(t):
-        ax = fig.add_subplot(grid[0, i])
+        x = left + i * (cell + _GAP)
+        ax = fig.add_axes(box(x, frame_top, cell, cell))
         ax.imshow(frames[i])
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_axis_off()
         label = f"#{int(frame_numbers[i])}" if frame_numbers is not None else str(i + 1)
-        if no_face is not None and no_face[i]:
-            label += " (no face)"
-        ax.set_title(label, fontsize=7)
-        bar = fig.add_subplot(grid[1, i])
+        missing = no_face is not None and bool(no_face[i])
+        ax.set_title(
+            label + (" no face" if missing else ""), fontsize=8, color="tab:red" if missing else "black", pad=3
+        )
+        bar = fig.add_axes(box(x, bar_top, cell, _BAR))
         bar.imshow([[norm[i]]], cmap=cmap, vmin=0, vmax=1, aspect="auto")
         bar.set_xticks([])
         bar.set_yticks([])
-        bar.set_xlabel(f"{norm[i]:.2f}", fontsize=7)
-    fig.suptitle(title, fontsize=10)
+        bar.text(
+            0, 0, f"{norm[i]:.2f}", ha="center", va="center", fontsize=8, color="black" if norm[i] > 0.6 else "white"
+        )
+    scale = fig.add_axes(box(left + strip + 24, frame_top, 12, cell + _SPACE + _BAR))
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=scale, ticks=[0, 0.5, 1])
+    scale.tick_params(labelsize=7)
+    scale.set_ylabel("influence", fontsize=8)
+    fig.suptitle(title, fontsize=10, y=1 - 4 / height, va="top", wrap=True)  # two lines fit the title row
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    fig.savefig(path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)
     plt.close(fig)
     return path

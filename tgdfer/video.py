@@ -152,6 +152,11 @@ def open_clip_source(path: str | Path) -> FrameFolder | VideoFile:
     path = Path(path)
     if path.is_dir():
         return FrameFolder(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:  # OpenCV would open a lone image as a one-frame video
+        raise ClipError(
+            f"expected a video file or a folder of frames, found an image file: {path} (put it in a "
+            "folder to use it as a one-frame clip)"
+        )
     if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_file():
         return VideoFile(path)
     raise ClipError(f"clip not found (expected a frame folder or a video file): {path}")

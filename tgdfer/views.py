@@ -9,12 +9,13 @@ encoder through shared memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from tgdfer.config import AugmentConfig
 from tgdfer.features import TEST_VIEW, TRAIN_VIEW
@@ -83,11 +84,11 @@ class ClipViews(Dataset):
 
         try:
             n, decoded, indices = read_sampled(job.path, make_plan)
+            decoded, found = self._faces(decoded)
         except ClipError as exc:
             return {"row": job.row, "error": str(exc)}
-        except Exception as exc:  # a reader we do not know failing on a file it cannot parse
+        except Exception as exc:  # a decoder or detector failing on data we did not foresee: this clip only
             return {"row": job.row, "error": f"unreadable clip ({type(exc).__name__}: {exc}): {job.path}"}
-        decoded, found = self._faces(decoded)
         out = np.empty((len(indices) * self.frames, self.size, self.size, 3), dtype=np.uint8)
         k = 0
         for view_idx, draw in zip(indices, plan["draws"], strict=True):
@@ -112,6 +113,34 @@ def worker_init(_: int) -> None:
     """One thread per decode worker: parallelism comes from the processes."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+def decode_loader(dataset: ClipViews, workers: int, pin_memory: bool, prefetch: int = 4) -> Iterator[dict]:
+    """Iterate ``dataset`` in order, decoding in ``workers`` forked processes (0: in this one).
+
+    OpenCV's thread pool does not survive fork: a child inherits the pool's state without its threads, and its
+    first ``cv2.setNumThreads`` waits on them forever. So the parent's pool is stopped (one thread) while the
+    workers start, and restored after.
+    """
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch if workers else None,
+    )
+    if workers == 0:
+        yield from loader
+        return
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # joins the pool's threads in this process before the fork
+    try:
+        iterator = iter(loader)  # forks the workers
+    finally:
+        cv2.setNumThreads(previous)
+    yield from iterator
 
 
 def encode_frames(clip, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
