@@ -62,3 +62,16 @@ def test_clip_imports_without_leaving_a_fake_pkg_resources():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() in ("pkg_resources present", "stand-in used")
+
+
+def test_an_installed_pkg_resources_is_used_not_shadowed(tmp_path):
+    """With an older setuptools, clip must import the real pkg_resources and tgdfer must leave it in place."""
+    (tmp_path / "pkg_resources.py").write_text("import packaging, packaging.version\nREAL = True\n")
+    code = (
+        "import sys\n"
+        "from tgdfer.backbone import available_models\n"
+        "available_models()\n"
+        "assert getattr(sys.modules['pkg_resources'], 'REAL', False)\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)

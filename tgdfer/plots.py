@@ -19,6 +19,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path, **kwargs) -> Path:
+    """Write a figure as PNG (creating the folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+    plt.close(fig)
+    return path
+
+
 def confusion_png(
     confusion: np.ndarray, class_names: tuple[str, ...] | list[str], path: str | Path, title: str = ""
 ) -> Path:
@@ -49,11 +60,7 @@ def confusion_png(
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def curves_png(history: list[dict], path: str | Path) -> Path:
@@ -78,11 +85,7 @@ def curves_png(history: list[dict], path: str | Path) -> Path:
     right.legend(loc="lower right", fontsize=8)
     fig.suptitle("training curves (reported: the final epoch)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
@@ -168,8 +171,4 @@ def influence_png(
     scale.tick_params(labelsize=7)
     scale.set_ylabel("influence", fontsize=8)
     fig.suptitle(title, fontsize=10, y=1 - 4 / height, va="top", wrap=True)  # two lines fit the title row
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)
