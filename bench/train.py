@@ -33,9 +33,11 @@ def main() -> None:
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.devices import resolve_device
-    from tgdfer.engine import _autocast, _cache_identity, build_model, fold_data, make_optimizer, train_one_epoch
+    from tgdfer.engine import _autocast, make_optimizer, train_one_epoch
     from tgdfer.features import load_cache
     from tgdfer.preprocess import normalize
+    from tgdfer.runs import build_model, cache_identity
+    from tgdfer.splits import fold_data
     from tgdfer.synthetic import write_feature_cache
 
     cuda = torch.cuda.is_available()
@@ -72,7 +74,7 @@ def main() -> None:
     )
     data = fold_data(cache, "1", device)
     print(f"cache loaded to {device} in {time.perf_counter() - t0:.1f} s")
-    model, _ = build_model(cfg, _cache_identity(cache), device, clip)
+    model, _ = build_model(cfg, cache_identity(cache), device, clip)
     optimizer, _ = make_optimizer(model, cfg)
     n_train = len(data.train_views)
     steps = math.ceil(n_train / cfg.train.batch_size)

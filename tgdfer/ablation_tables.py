@@ -184,7 +184,7 @@ def render(table: Table, summary: list[dict], context: str) -> tuple[str, str]:
     """(markdown, csv) of per-row results beside the paper's figures.
 
     ``summary`` holds one dict per row: label, setting, uar and war (lists over folds × seeds), runs, failed,
-    paper_uar, paper_war. Means and stds are over those lists (std with ddof 0, as ``engine.summarize``).
+    paper_uar, paper_war. Means and stds are over those lists (std with ddof 0, as ``metrics.summarize``).
     """
     header = ["row", "setting", "UAR (%)", "WAR (%)", "runs", "paper UAR", "paper WAR"]
     lines = [f"# Table {table.number}: {table.title} (tgdfer)", "", "| " + " | ".join(header) + " |"]

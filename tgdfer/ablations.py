@@ -189,8 +189,10 @@ def _evaluate_selected(rows: list[Row], run_dirs: list[Path], features: str, dev
     ``run_dirs`` come in fold order, so each fold's data goes to the device once and alone.
     """
     from tgdfer.devices import resolve_device
-    from tgdfer.engine import evaluate, fold_data, load_run
+    from tgdfer.engine import evaluate
     from tgdfer.features import load_cache
+    from tgdfer.runs import load_run
+    from tgdfer.splits import fold_data
 
     cache, data, errors = None, None, {}
     for run_dir in run_dirs:

@@ -30,11 +30,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     if not _USER_ERRORS:
         from tgdfer.backbone import ClipLoadError
         from tgdfer.datasets import AnnotationError
-        from tgdfer.engine import TrainingError
         from tgdfer.extract import ExtractError
         from tgdfer.faces import FaceDetectorError
         from tgdfer.features import CacheError
         from tgdfer.predict import PredictError
+        from tgdfer.runs import TrainingError
 
         _USER_ERRORS = (
             AnnotationError,

@@ -17,7 +17,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,68 +28,25 @@ from tgdfer.atomic import committed, write_text
 from tgdfer.backbone import FrozenClip, load_clip
 from tgdfer.config import RunConfig, TrainConfig, to_dict
 from tgdfer.devices import resolve_device
-from tgdfer.features import TEST_VIEW, TRAIN_VIEW, CacheError, FeatureCache, load_cache
-from tgdfer.metrics import Scores, scores
+from tgdfer.features import CacheError, FeatureCache, load_cache
+from tgdfer.metrics import Scores, scores, summarize
 from tgdfer.model import TGDFER, count_parameters
+from tgdfer.runs import TrainedRun, TrainingError, build_model, cache_identity, load_run
+from tgdfer.splits import FoldData, fold_data, train_feature_mean
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, a run directory that does not fit); says where and why."""
-
-
-@dataclass(frozen=True, eq=False)
-class FoldData:
-    """One split of a cache, as device tensors. Shapes: V views, n train clips, m test clips, K train views."""
-
-    features: torch.Tensor  # (V, T, D) float16, the whole cache
-    train_views: torch.Tensor  # (n, K) int64 view rows of each train clip's train views
-    train_labels: torch.Tensor  # (n,) int64
-    test_views: torch.Tensor  # (m,) int64 the test view of each test clip
-    test_labels: torch.Tensor  # (m,) int64
-    test_clips: np.ndarray  # (m,) cache clip rows, for reports
-    class_names: tuple[str, ...]
-
-
-def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
-    """Select a split's train clips (their train views) and test clips (their test view); refuse misfits."""
-    split = cache.split_index(fold)
-    name = cache.split_names[split]
-    train_clips, test_clips = cache.clips_in(split, 1), cache.clips_in(split, 2)
-    if len(train_clips) == 0 or len(test_clips) == 0:
-        raise CacheError(
-            f"{cache.path}: split {name!r} needs train and test clips, found {len(train_clips)} train "
-            f"and {len(test_clips)} test (a CSV dataset needs a split column)"
-        )
-    train_by_clip, test_by_clip = cache.views_by_clip(TRAIN_VIEW), cache.views_by_clip(TEST_VIEW)
-    lacking = [int(c) for c in train_clips if c not in train_by_clip]
-    if lacking:
-        raise CacheError(
-            f"{cache.path}: expected augmented train views for every train clip (extract --views K with "
-            f"K >= 1), found none for {len(lacking)} of {len(train_clips)} train clips (the cache has "
-            f"train_views={cache.attrs.get('train_views')})"
-        )
-    width = max(len(train_by_clip[int(c)]) for c in train_clips)
-    train_views = np.stack([np.resize(train_by_clip[int(c)], width) for c in train_clips])  # (n, K)
-    test_views = np.array([test_by_clip[int(c)][0] for c in test_clips])
-    return FoldData(
-        features=torch.from_numpy(cache.features).to(device),
-        train_views=torch.from_numpy(train_views).to(device),
-        train_labels=torch.from_numpy(cache.labels[train_clips]).to(device),
-        test_views=torch.from_numpy(test_views).to(device),
-        test_labels=torch.from_numpy(cache.labels[test_clips]).to(device),
-        test_clips=test_clips,
-        class_names=cache.class_names,
-    )
-
-
-@torch.no_grad()
-def train_feature_mean(data: FoldData, chunk: int = 4096) -> torch.Tensor:
-    """(D,) mean frame feature over every train view of the split's train clips (the centring of ModelConfig)."""
-    views = data.train_views.flatten()
-    total = torch.zeros(data.features.shape[-1], dtype=torch.float64, device=data.features.device)
-    for start in range(0, len(views), chunk):
-        total += data.features[views[start : start + chunk]].double().sum(dim=(0, 1))
-    return (total / (len(views) * data.features.shape[1])).float()
+__all__ = [
+    "FoldData",
+    "TrainedRun",
+    "TrainingError",
+    "evaluate",
+    "fit",
+    "fit_folds",
+    "fold_data",
+    "folds_of",
+    "load_run",
+    "predict_views",
+    "train_one_epoch",
+]
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -184,84 +140,6 @@ def evaluate(model: TGDFER, data: FoldData, amp: bool = True, select: tuple[str,
     return scores(data.test_labels.cpu().numpy(), pred, len(data.class_names))
 
 
-def _cache_identity(cache: FeatureCache) -> dict:
-    """What a run needs to know of its cache; saved in config.json and every checkpoint (predict reads it)."""
-    keys = (
-        "fingerprint",
-        "clip_sha256",
-        "clip_model",
-        "dataset",
-        "frames",
-        "dim",
-        "train_views",
-        "class_names",
-        "image_size",
-        "dtype",
-        "face_crop",
-        "seed",
-        "sampling",
-        "preprocess",
-    )
-    return {k: cache.attrs.get(k) for k in keys} | {"path": cache.path}
-
-
-def build_model(
-    cfg: RunConfig, identity: dict, device: torch.device, clip: FrozenClip | None = None
-) -> tuple[TGDFER, FrozenClip]:
-    """Load the cache's CLIP (refusing other weights), seed, and build the model on ``device``.
-
-    ``identity`` is what the model must fit: the cache's clip_model, clip_sha256, class_names, frames, dim.
-    """
-    source = cfg.clip or identity["clip_model"]
-    clip = clip or load_clip(source, "cpu", torch.float32)
-    if clip.sha256 != identity["clip_sha256"]:
-        raise CacheError(
-            f"CLIP weights {source!r} have sha256 {clip.sha256[:12]}, but {identity.get('path', 'the cache')} was "
-            f"extracted with {identity['clip_sha256'][:12]} ({identity['clip_model']}): pass the same weights with "
-            "--clip"
-        )
-    torch.manual_seed(cfg.train.seed)
-    model = TGDFER(cfg.model, clip.model, tuple(identity["class_names"]), int(identity["frames"]), int(identity["dim"]))
-    return model.to(device), clip
-
-
-@dataclass(frozen=True, eq=False)
-class TrainedRun:
-    """A finished (or checkpointed) run, rebuilt for inference without its cache file."""
-
-    model: TGDFER  # eval mode, on the asked device
-    config: RunConfig
-    identity: dict  # the cache the run trained on: clip_model, clip_sha256, class_names, frames, dim, ...
-    clip: FrozenClip  # the same CLIP weights, for encoding new frames
-    epoch: int  # epochs trained
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(self.identity["class_names"])
-
-
-def load_run(run_dir: str | Path, device: str = "auto", clip_source: str | None = None) -> TrainedRun:
-    """Rebuild the model of a run directory from its checkpoint, with the CLIP weights it was trained with."""
-    from dataclasses import replace
-
-    from tgdfer.config import from_dict
-
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise TrainingError(
-            f"--run: expected a run directory written by `tgdfer train` with checkpoint.pt, found none in {run_dir}"
-        )
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    cfg = from_dict(RunConfig, state["config"])
-    if clip_source:
-        cfg = replace(cfg, clip=clip_source)
-    dev = resolve_device(device)
-    model, clip = build_model(cfg, state["cache"], dev)
-    model.load_trainable_state(state["model"])
-    return TrainedRun(model=model.eval(), config=cfg, identity=state["cache"], clip=clip, epoch=int(state["epoch"]))
-
-
 def make_optimizer(model: TGDFER, cfg: RunConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     prompt, rest = model.parameter_groups()
     groups = [
@@ -330,7 +208,7 @@ def fit(
     device = resolve_device(cfg.device)
     cache = cache or load_cache(cfg.features)
     data = fold_data(cache, cfg.fold, device)
-    model, _ = build_model(cfg, _cache_identity(cache), device, clip)
+    model, _ = build_model(cfg, cache_identity(cache), device, clip)
     model.set_feature_mean(train_feature_mean(data))
     optimizer, scheduler = make_optimizer(model, cfg)
     trainable, frozen = count_parameters(model)
@@ -347,7 +225,7 @@ def fit(
     write_text(
         out / "config.json",
         json.dumps(
-            {**to_dict(cfg), "cache": _cache_identity(cache), "tgdfer_version": __version__},
+            {**to_dict(cfg), "cache": cache_identity(cache), "tgdfer_version": __version__},
             indent=2,
             default=list,
         ),
@@ -380,7 +258,7 @@ def fit(
                     "rng": rng,
                     "history": history,
                     "config": to_dict(cfg),
-                    "cache": _cache_identity(cache),
+                    "cache": cache_identity(cache),
                 },
                 tmp,
             )
@@ -424,24 +302,6 @@ def folds_of(cache_path: str, fold: str) -> list[str]:
 
     names = read_attrs(cache_path)["split_names"]
     return [str(i + 1) for i in range(len(names))]
-
-
-def summarize(metrics: list[dict]) -> dict:
-    """Mean and standard deviation over folds of WAR, UAR and per-class accuracy; summed confusion."""
-    war = np.array([m["war"] for m in metrics])
-    uar = np.array([m["uar"] for m in metrics])
-    classes = metrics[0]["class_names"]
-    per_class = {c: [m["per_class"][c] for m in metrics if m["per_class"][c] is not None] for c in classes}
-    return {
-        "folds": [m["fold"] for m in metrics],
-        "war_mean": float(war.mean()),
-        "war_std": float(war.std()),
-        "uar_mean": float(uar.mean()),
-        "uar_std": float(uar.std()),
-        "per_class_mean": {c: (float(np.mean(v)) if v else None) for c, v in per_class.items()},
-        "confusion_sum": np.sum([np.array(m["confusion"]) for m in metrics], axis=0).tolist(),
-        "class_names": classes,
-    }
 
 
 def fit_folds(cfg: RunConfig, folds: list[str], resume: bool = False, log: Callable[[str], None] = print) -> dict:

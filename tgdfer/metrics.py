@@ -51,3 +51,21 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> Scores:
         per_class=recall,
         confusion=m,
     )
+
+
+def summarize(metrics: list[dict]) -> dict:
+    """Mean and standard deviation over folds of WAR, UAR and per-class accuracy; summed confusion."""
+    war = np.array([m["war"] for m in metrics])
+    uar = np.array([m["uar"] for m in metrics])
+    classes = metrics[0]["class_names"]
+    per_class = {c: [m["per_class"][c] for m in metrics if m["per_class"][c] is not None] for c in classes}
+    return {
+        "folds": [m["fold"] for m in metrics],
+        "war_mean": float(war.mean()),
+        "war_std": float(war.std()),
+        "uar_mean": float(uar.mean()),
+        "uar_std": float(uar.std()),
+        "per_class_mean": {c: (float(np.mean(v)) if v else None) for c, v in per_class.items()},
+        "confusion_sum": np.sum([np.array(m["confusion"]) for m in metrics], axis=0).tolist(),
+        "class_names": classes,
+    }

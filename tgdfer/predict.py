@@ -3,7 +3,7 @@
 
 A clip goes through exactly the code stage 1 used for the run's cache: ``views.ClipViews`` with no train views
 (the test view: T segment-centre frames, CLIP's resize and centre crop) and ``views.encode_frames`` with the run's
-CLIP weights (``engine.load_run`` checks their SHA-256). Raw videos get a face crop first (``tgdfer.faces``);
+CLIP weights (``runs.load_run`` checks their SHA-256). Raw videos get a face crop first (``tgdfer.faces``);
 frame folders of face crops (DFEW, FERV39k) should pass ``face_crop=False``, as their cache was made without one.
 
 Batching: DataLoader workers decode and crop clips in parallel; ``batch_clips`` clips at a time go through the
@@ -26,8 +26,9 @@ from tqdm import tqdm
 from tgdfer.backbone import FrozenClip
 from tgdfer.config import AugmentConfig
 from tgdfer.devices import resolve_dtype
-from tgdfer.engine import TrainedRun, load_run, predict_views
+from tgdfer.engine import predict_views
 from tgdfer.plots import influence_png, minmax
+from tgdfer.runs import TrainedRun, load_run
 from tgdfer.views import ClipJob, ClipViews, decode_loader, encode_frames
 
 
