@@ -88,3 +88,14 @@ def test_checkpoint_state_leaves_out_clip(clip_model):
     assert torch.equal(model(x).logits, other(x).logits)
     with pytest.raises(ValueError, match="does not fit"):
         _model(clip_model, fine_depth=2).load_trainable_state(state)
+
+
+@pytest.mark.parametrize("placement", ["add", "prepend", "off"])
+def test_bf16_autocast_trains_and_keeps_scores_fp32(clip_model, placement):
+    """CUDA training runs under bf16 autocast; CPU autocast takes the same dtype paths."""
+    model = _model(clip_model, visual_prompt=placement)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(3, 16, 32))
+    assert out.scores.dtype == torch.float32 and out.align.dtype == torch.float32
+    torch.nn.functional.cross_entropy(out.logits.float(), torch.tensor([0, 1, 2])).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -22,8 +22,12 @@ MODES = ("attention", "mean", "topk")
 
 
 def instance_scores(xi: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(X^I_t, X^P~_k) / tau: (B, T, D), (B, C, D) -> (B, T, C)."""
-    return F.normalize(xi, dim=-1) @ F.normalize(labels, dim=-1).transpose(1, 2) / tau
+    """cos(X^I_t, X^P~_k) / tau: (B, T, D), (B, C, D) -> (B, T, C), in fp32.
+
+    Outside autocast: a bf16 cosine times 1/tau = 100 would carry about +-0.4 of rounding into the logits.
+    """
+    with torch.autocast(xi.device.type, enabled=False):
+        return F.normalize(xi.float(), dim=-1) @ F.normalize(labels.float(), dim=-1).transpose(1, 2) / tau
 
 
 def aggregate(

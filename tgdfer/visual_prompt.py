@@ -22,8 +22,9 @@ PLACEMENTS = ("add", "prepend", "off")
 
 
 def alignment(xi: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(X^I, text) / tau: (B, T, D), (C, D) -> (B, T, C)."""
-    return F.normalize(xi, dim=-1) @ F.normalize(text, dim=-1).t() / tau
+    """cos(X^I, text) / tau: (B, T, D), (C, D) -> (B, T, C), in fp32 (see ``mil.instance_scores``)."""
+    with torch.autocast(xi.device.type, enabled=False):
+        return F.normalize(xi.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t() / tau
 
 
 class VisualPrompt(nn.Module):
