@@ -54,7 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def extract(
     dataset: Annotated[str, typer.Option(help="dfew | ferv39k | mafw | csv")],
     root: Annotated[Path, typer.Option(help="Dataset root folder")],
-    out: Annotated[Path, typer.Option(help="Entry file of the cache; shards go beside it")] = Path("cache/dfew.h5"),
+    out: Annotated[Path | None, typer.Option(help="Entry file of the cache (default cache/<dataset>.h5)")] = None,
     annotations: Annotated[
         Path | None, typer.Option(help="Split files folder or CSV, if not at the dataset's usual place")
     ] = None,
@@ -78,7 +78,7 @@ def extract(
     cfg = ExtractConfig(
         dataset=dataset,
         root=str(root),
-        out=str(out),
+        out=str(out or Path("cache") / f"{dataset}.h5"),
         annotations=str(annotations) if annotations else None,
         clip=clip,
         frames=frames,

@@ -76,7 +76,8 @@ class PromptSet(nn.Module):
         self.learnable = learnable
         self.n_ctx = n_ctx if learnable else 0
         texts = [" ".join(["X"] * n_ctx + [b]) for b in bodies] if learnable else fixed_texts
-        tokens = tokenize(texts, tower.context_length)  # (C, 77); "X" is one token, a placeholder for ctx
+        # (C, 77); each "X" is one token and marks where a context vector goes
+        tokens = tokenize(texts, tower.context_length)
         self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)  # EOT has the largest token id
         with torch.no_grad():
             embeds = tower.token_embedding(tokens)  # (C, 77, W)
