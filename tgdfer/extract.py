@@ -58,7 +58,7 @@ class _ShardBuffer:
     index: int
     rows: list[int]
     features: list[torch.Tensor] = field(default_factory=list)
-    pending: list[torch.Tensor] = field(default_factory=list)  # uint8 frames not yet encoded
+    pending: list[torch.Tensor] = field(default_factory=list)  # uint8 frames not yet encoded, on the device
     pending_frames: int = 0
     meta: list[dict] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
@@ -196,7 +196,7 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
             buffer.failed.append((item["row"], item["error"]))
             stats["failures"] += 1
         else:
-            frames = item.pop("frames")
+            frames = item.pop("frames").to(clip.device, non_blocking=True)  # async from pinned memory
             buffer.pending.append(frames)
             buffer.pending_frames += len(frames)
             buffer.meta.append(item)
