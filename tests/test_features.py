@@ -49,3 +49,10 @@ def test_fold_names(small_cache):
     assert cache.split_index("3") == cache.split_index("fold3") == 2
     with pytest.raises(CacheError, match=r"expected one of \['1', '2', '3', '4', '5'\], found '7'"):
         cache.split_index("7")
+
+
+def test_a_file_that_is_not_a_cache_is_refused_by_name(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(CacheError, match=r"bad\.h5: expected an HDF5 feature cache"):
+        load_cache(bad)

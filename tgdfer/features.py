@@ -292,18 +292,25 @@ def _check_shards(f: h5py.File, entry: Path) -> None:
             )
 
 
+def _open_entry(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise CacheError(f"--features: expected a feature cache written by `tgdfer extract`, found no file {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise CacheError(f"{path}: expected an HDF5 feature cache, could not open it ({exc}); re-extract it") from exc
+
+
 def read_attrs(path: str | Path) -> dict:
     """The entry's attributes only (cheap)."""
-    with h5py.File(path, "r") as f:
+    with _open_entry(Path(path)) as f:
         return {k: _attr(v) for k, v in f.attrs.items()}
 
 
 def load_cache(path: str | Path) -> FeatureCache:
     """Open an entry file, check its shards, and read everything into memory."""
     path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"--features: expected a feature cache written by `tgdfer extract`, found no file {path}")
-    with h5py.File(path, "r") as f:
+    with _open_entry(path) as f:
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")
