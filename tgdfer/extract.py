@@ -268,7 +268,11 @@ def extract(cfg: ExtractConfig) -> dict:
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
     device = resolve_device(cfg.device, me.local)
     dtype = resolve_dtype(cfg.precision, device)
+    if me.world > 1 and me.rank > 0:
+        torch.distributed.barrier()  # rank 0 downloads the weights first: clip writes the file in place
     clip = load_clip(cfg.clip, device, dtype, cfg.download_root)
+    if me.world > 1 and me.rank == 0:
+        torch.distributed.barrier()
     settings = _settings(cfg, annotations, clip, dtype)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
