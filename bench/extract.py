@@ -26,9 +26,9 @@ def main() -> None:
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import AugmentConfig, ExtractConfig
     from tgdfer.devices import resolve_device, resolve_dtype
-    from tgdfer.extract import _workers, extract
+    from tgdfer.extract import extract
     from tgdfer.synthetic import make_dfew_tree
-    from tgdfer.views import ClipJob, ClipViews, encode_frames, worker_init
+    from tgdfer.views import ClipJob, ClipViews, decode_workers, encode_frames, worker_init
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,10 +41,12 @@ def main() -> None:
     p.add_argument("--arch", default="ViT-B/32", choices=["ViT-B/32", "tiny"])
     p.add_argument("--data", default=None, help="folder for the generated data (kept between runs)")
     args = p.parse_args()
+    if args.clips < 5:
+        p.error(f"--clips: expected at least 5 (one test clip per DFEW fold), found {args.clips}")
 
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)
-    workers = _workers(args.workers, 1)
+    workers = decode_workers(args.workers, args.clips)
     work = Path(args.data or tempfile.mkdtemp(prefix="tgdfer-bench-"))
     root = work / f"dfew-{args.clips}"
     if not (root / "EmoLabel_DataSplit").exists():

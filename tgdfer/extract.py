@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from tgdfer.features import (
 )
 from tgdfer.preprocess import augment_description, describe
 from tgdfer.sampling import SAMPLING_RULE
-from tgdfer.views import ClipJob, ClipViews, decode_loader, encode_frames
+from tgdfer.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 
 
 class ExtractError(RuntimeError):
@@ -62,12 +61,6 @@ class _ShardBuffer:
     pending_frames: int = 0
     meta: list[dict] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _workers(requested: int, world: int) -> int:
-    if requested >= 0:
-        return requested
-    return max(0, ((os.cpu_count() or 1) - 1) // max(world, 1))
 
 
 def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict:
@@ -173,7 +166,9 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
     }
     jobs = [ClipJob(r, annotations.clips[r].id, annotations.clips[r].path) for k in todo for r in rows_of[k]]
     dataset = ClipViews(jobs, cfg.frames, cfg.views, cfg.seed, clip.image_size, cfg.augment, cfg.face_crop)
-    loader = decode_loader(dataset, _workers(cfg.workers, me.world), pin_memory=clip.device.type == "cuda")
+    loader = decode_loader(
+        dataset, decode_workers(cfg.workers, len(jobs), me.world), pin_memory=clip.device.type == "cuda"
+    )
     stats = {"clips": 0, "views": 0, "frames": 0, "failures": 0, "shards": len(todo)}
     queue = list(todo)
     buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None

@@ -16,7 +16,6 @@ shows it min-max normalised per clip (Eq. 12), for display only.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from tgdfer.devices import resolve_dtype
 from tgdfer.engine import predict_views
 from tgdfer.plots import influence_png, minmax
 from tgdfer.runs import TrainedRun, load_run
-from tgdfer.views import ClipJob, ClipViews, decode_loader, encode_frames
+from tgdfer.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 
 
 class PredictError(RuntimeError):
@@ -44,12 +43,6 @@ def _image_encoder(run: TrainedRun) -> FrozenClip:
     dtype = resolve_dtype(stored if device.type == "cuda" and stored else "auto", device)
     run.clip.model.visual.to(device=device, dtype=dtype)
     return run.clip
-
-
-def _workers(requested: int, clips: int) -> int:
-    """-1: one decode process per CPU core but one; never more than there are clips, none for a single clip."""
-    n = (os.cpu_count() or 1) - 1 if requested < 0 else requested
-    return 0 if clips <= 1 else max(0, min(n, clips))
 
 
 def _failure(path: str, reason: str, face_crop: bool) -> dict:
@@ -126,7 +119,7 @@ def _run_clips(
     jobs = [ClipJob(row=row, id=path, path=path) for row, path in enumerate(paths)]
     # views=0: only the test view, the one stage 1 stores for evaluation; seed and augment are then unused.
     dataset = ClipViews(jobs, frames, 0, 0, clip.image_size, AugmentConfig(), face_crop)
-    n_workers = _workers(workers, len(jobs))
+    n_workers = decode_workers(workers, len(jobs))
     prefetch = max(2, batch_clips // max(n_workers, 1) + 1)
     items = decode_loader(dataset, n_workers, pin_memory=clip.device.type == "cuda", prefetch=prefetch)
 

@@ -9,6 +9,7 @@ encoder through shared memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -113,6 +114,13 @@ def worker_init(_: int) -> None:
     """One thread per decode worker: parallelism comes from the processes."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+def decode_workers(requested: int, clips: int, world: int = 1) -> int:
+    """Decode processes: ``requested``, or for -1 one per CPU core but one, shared by ``world`` ranks; never more
+    than there are clips, and none for a single clip (starting a process costs more than decoding it)."""
+    n = ((os.cpu_count() or 1) - 1) // max(world, 1) if requested < 0 else requested
+    return 0 if clips <= 1 else max(0, min(n, clips))
 
 
 def decode_loader(dataset: ClipViews, workers: int, pin_memory: bool, prefetch: int = 4) -> Iterator[dict]:
