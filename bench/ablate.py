@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
-from tgdfer.ablations import TABLES, run_table
+from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.backbone import load_clip, save_random_clip
+from tgdfer.config import SweepConfig
 from tgdfer.devices import resolve_device
-from tgdfer.synthetic import write_feature_cache
+from tgdfer.sweep.runner import run_table
+from tgdfer.sweep.tables import TABLES
 
 DFEW_CLIPS, PAPER_EPOCHS = 11_697, 50
 
@@ -69,15 +71,18 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for workers in dict.fromkeys([1, args.workers]):
             t0 = time.perf_counter()
-            result = run_table(
-                3,
-                str(cache),
-                folds=folds,
+            sweep = SweepConfig(
+                table="3",
+                features=str(cache),
+                folds=tuple(folds),
                 workers=workers,
                 out=str(work / f"workers{workers}"),
-                overrides=[f"train.epochs={args.epochs}"],
+                overrides=(f"train.epochs={args.epochs}",),
                 device=args.device,
-                rows=rows,
+                rows=tuple(rows),
+            )
+            result = run_table(
+                sweep,
                 log=lambda line: print(f"  {line}", flush=True) if line.startswith(("[", "FAILED")) else None,
             )
             seconds = time.perf_counter() - t0

@@ -30,15 +30,15 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    from tgdfer.apps.synthetic import write_feature_cache
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
-    from tgdfer.devices import resolve_device
-    from tgdfer.engine import _autocast, make_optimizer, train_one_epoch
-    from tgdfer.features import load_cache
-    from tgdfer.preprocess import normalize
-    from tgdfer.runs import build_model, cache_identity
-    from tgdfer.splits import fold_data
-    from tgdfer.synthetic import write_feature_cache
+    from tgdfer.data.preprocess import normalize
+    from tgdfer.devices import autocast, resolve_device
+    from tgdfer.features.cache import load_cache
+    from tgdfer.train.engine import make_optimizer, train_one_epoch
+    from tgdfer.train.runs import build_model, cache_identity
+    from tgdfer.train.splits import fold_data
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,7 +107,7 @@ def main() -> None:
         for i in range(args.inloop_steps + 1):
             _sync(device)
             t0 = time.perf_counter()
-            with _autocast(device, cfg.train.amp), torch.set_grad_enabled(mode == "finetune"):
+            with autocast(device, cfg.train.amp), torch.set_grad_enabled(mode == "finetune"):
                 feats = visual(normalize(pixels, torch.float32)).float().view(b, t, -1)  # (B*T, D) -> (B, T, D)
                 if mode == "finetune":
                     feats.sum().backward()  # the encoder's backward; the model's step is timed as "cached" below

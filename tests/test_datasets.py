@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tgdfer.datasets import (
+from tgdfer.data.datasets import (
     ABSENT,
     TEST,
     TRAIN,

@@ -8,10 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.config import RunConfig, apply_overrides
-from tgdfer.engine import TrainingError, fit, fit_folds, fold_data, predict_views
-from tgdfer.features import CacheError, load_cache
-from tgdfer.synthetic import write_feature_cache
+from tgdfer.errors import TrainingError
+from tgdfer.features.cache import CacheError, load_cache
+from tgdfer.model.inference import predict_features as predict_views
+from tgdfer.train.engine import fit, fit_folds
+from tgdfer.train.splits import fold_data
 
 FAST = ["train.epochs=4", "train.batch_size=16"]
 
@@ -38,7 +41,7 @@ def test_learns_the_signal_frames_of_weakly_labelled_clips(tmp_path, tiny_clip_p
     assert metrics["war"] > 4 * chance and metrics["uar"] > 4 * chance, metrics
 
     # Influence: the frame scoring highest for the true class should be a signal frame (chance 3/16).
-    from tgdfer.engine import load_run
+    from tgdfer.train.runs import load_run
 
     data = fold_data(load_cache(path), "1", torch.device("cpu"))
     run = load_run(tmp_path / "run", device="cpu")
@@ -99,8 +102,9 @@ def test_run_directory_holds_everything(feature_cache, tmp_path):
     assert json.loads((out / "config.json").read_text())["model"]["window"] == 4
     rows = (out / "log.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("epoch,lr,loss,train_acc,test_war,test_uar")
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "epoch", "config", "cache"}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain types only
+    assert set(ckpt) >= {"format", "model", "optimizer", "scheduler", "rng", "epoch", "config", "cache", "history"}
+    assert json.loads(ckpt["config"])["train"]["epochs"] == 4
     assert not any(k.startswith("prompts.tower.") for k in ckpt["model"])
     for name, size in (("confusion.png", (725, 652)), ("curves.png", (1000, 380))):
         with Image.open(out / name) as img:

@@ -4,8 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from tgdfer.features import TEST_VIEW, TRAIN_VIEW, CacheError, load_cache, shard_dir
-from tgdfer.synthetic import write_feature_cache
+from tgdfer.apps.synthetic import write_feature_cache
+from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
+from tgdfer.features.cache import CacheError, load_cache, shard_dir
 
 
 @pytest.fixture()

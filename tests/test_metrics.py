@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tgdfer.metrics import scores
+from tgdfer.train.metrics import scores
 
 
 def test_war_uar_per_class_and_confusion():

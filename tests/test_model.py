@@ -7,8 +7,8 @@ import torch
 
 from tgdfer.config import ModelConfig
 from tgdfer.labels import CLASS_NAMES
-from tgdfer.mil import aggregate
-from tgdfer.model import FROZEN_PREFIX, TGDFER, count_parameters
+from tgdfer.model.mil import aggregate
+from tgdfer.model.network import FROZEN_PREFIX, TGDFER, count_parameters
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 from tgdfer.config import AugmentConfig
-from tgdfer.preprocess import CLIP_MEAN, CLIP_STD, augment_view, clip_view, draw_augment, normalize
+from tgdfer.data.preprocess import CLIP_MEAN, CLIP_STD, augment_view, clip_view, draw_augment, normalize
 
 
 def test_matches_openai_clip_transform_on_a_non_square_frame():

@@ -5,7 +5,7 @@ import torch
 
 from tgdfer.backbone import tokenize
 from tgdfer.labels import CLASS_NAMES, fixed_prompts, prompt_bodies
-from tgdfer.prompts import PromptSet, TextPrompts, TextTower
+from tgdfer.model.prompts import PromptSet, TextPrompts, TextTower
 
 
 @pytest.fixture()

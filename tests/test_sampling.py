@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tgdfer.sampling import centre_indices, segment_bounds, train_indices, view_rng
+from tgdfer.data.sampling import centre_indices, segment_bounds, train_indices, view_rng
 
 
 @pytest.mark.parametrize("n", [16, 17, 31, 77, 847])

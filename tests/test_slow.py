@@ -19,7 +19,7 @@ def vitb32(tmp_path_factory):
 def test_truncated_text_tower_is_exact_for_vitb32(vitb32):
     from tgdfer.backbone import load_clip, tokenize
     from tgdfer.labels import CLASS_NAMES, fixed_prompts
-    from tgdfer.prompts import TextTower
+    from tgdfer.model.prompts import TextTower
 
     clip = load_clip(str(vitb32)).model
     tokens = tokenize(fixed_prompts(CLASS_NAMES["mafw"], "descriptors"))
@@ -30,11 +30,11 @@ def test_truncated_text_tower_is_exact_for_vitb32(vitb32):
 
 @pytest.mark.slow
 def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
+    from tgdfer.apps.synthetic import make_dfew_tree
     from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
-    from tgdfer.engine import fit
     from tgdfer.extract import extract
-    from tgdfer.features import load_cache
-    from tgdfer.synthetic import make_dfew_tree
+    from tgdfer.features.cache import load_cache
+    from tgdfer.train.engine import fit
 
     root = make_dfew_tree(tmp_path / "d", 10, frames=(20, 30), size=224)
     extract(ExtractConfig(dataset="dfew", root=str(root), out=str(tmp_path / "c.h5"), clip=str(vitb32), views=1))
@@ -43,7 +43,8 @@ def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
     cfg = apply_overrides(
         RunConfig(features=str(tmp_path / "c.h5"), out=str(tmp_path / "run")), ["train.epochs=1", "train.batch_size=4"]
     )
-    assert 0 <= fit(cfg, log=lambda s: None)["war"] <= 100
+    metrics = fit(cfg, log=lambda s: None)
+    assert metrics["test_clips"] == 2 and metrics["war"] in (0.0, 50.0, 100.0)  # fold 1 tests 2 of the 10 clips
 
 
 @pytest.mark.gpu
@@ -51,7 +52,7 @@ def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
 def test_cuda_extraction_matches_cpu(tmp_path, tiny_clip_path, dfew_root):
     from tgdfer.config import ExtractConfig
     from tgdfer.extract import extract
-    from tgdfer.features import load_cache
+    from tgdfer.features.cache import load_cache
 
     base = dict(dataset="dfew", root=str(dfew_root), clip=str(tiny_clip_path), views=1, shard_clips=4)
     extract(ExtractConfig(**base, out=str(tmp_path / "cpu.h5"), device="cpu"))
@@ -64,7 +65,7 @@ def test_cuda_extraction_matches_cpu(tmp_path, tiny_clip_path, dfew_root):
 @cuda
 def test_cuda_training_learns_and_resumes(tmp_path, feature_cache):
     from tgdfer.config import RunConfig, apply_overrides
-    from tgdfer.engine import fit
+    from tgdfer.train.engine import fit
 
     path, _ = feature_cache
     cfg = apply_overrides(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tgdfer.temporal import MultiGrainedTemporal, merge_matrix, window_starts
+from tgdfer.model.temporal import MultiGrainedTemporal, merge_matrix, window_starts
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tgdfer.errors import ClipLoadError
+
 # Architectures by name, in clip.model.CLIP's argument order. "ViT-B/32" is OpenAI's; "tiny" keeps every class
 # and the real tokenizer vocabulary but small widths, for tests and the offline demo. Widths are multiples of 64
 # because build_model derives the head count as width // 64.
@@ -54,10 +56,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         transformer_layers=2,
     ),
 }
-
-
-class ClipLoadError(RuntimeError):
-    """The CLIP weights named by --clip could not be found, downloaded or read."""
 
 
 def _clip_package() -> types.ModuleType:

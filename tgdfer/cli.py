@@ -1,12 +1,24 @@
-"""The ``tgdfer`` command. Each command builds a config and calls one library function."""
+"""The ``tgdfer`` command. One pattern for every command: build its config from the dataclass defaults
+(``tgdfer.config``), the flags the user gave and ``--set section.field=value``, then call one library function with
+keywords. Flags default to None ("not given"), so every default lives in the dataclass alone; help texts quote it.
+
+Nothing heavy is imported here: ``tgdfer --help`` and argument errors answer without loading torch. Errors a user
+can fix (``tgdfer.errors.TgdferError``) print as one line and exit with status 2; anything else is a bug and keeps
+its traceback.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from tgdfer import __version__
+from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
+from tgdfer.errors import TgdferError
 
 app = typer.Typer(
     add_completion=False,
@@ -16,38 +28,36 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"tgdfer {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")
+    ] = False,
+) -> None:
     """TG-DFER: text-guided weakly supervised dynamic facial expression recognition on cached CLIP features."""
 
 
-# Errors a user can fix: printed as one line, exit status 2, no traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = ()
+def _default(cls: type, name: str) -> str:
+    """The dataclass default of ``cls.name`` for a help text."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = f.default if f.default is not dataclasses.MISSING else "required"
+    return f"default {value}"
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    global _USER_ERRORS
-    if not _USER_ERRORS:
-        from tgdfer.backbone import ClipLoadError
-        from tgdfer.datasets import AnnotationError
-        from tgdfer.extract import ExtractError
-        from tgdfer.faces import FaceDetectorError
-        from tgdfer.features import CacheError
-        from tgdfer.predict import PredictError
-        from tgdfer.runs import TrainingError
+def _build(cls: type, flags: dict[str, Any], overrides: list[str] | None = None) -> Any:
+    """``cls`` from its defaults, the flags that were given (not None), then ``--set`` overrides."""
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+    return apply_overrides(cls(**given), overrides or [])
 
-        _USER_ERRORS = (
-            AnnotationError,
-            CacheError,
-            ClipLoadError,
-            ExtractError,
-            TrainingError,
-            PredictError,
-            FaceDetectorError,
-            ValueError,
-            FileNotFoundError,
-        )
-    return _USER_ERRORS
+
+_SET_HELP = "Override any setting, e.g. model.window=4 (repeatable)"
+Sets = Annotated[list[str] | None, typer.Option("--set", help=_SET_HELP)]
 
 
 @app.command()
@@ -58,96 +68,82 @@ def extract(
     annotations: Annotated[
         Path | None, typer.Option(help="Split files folder or CSV, if not at the dataset's usual place")
     ] = None,
-    clip: Annotated[str, typer.Option(help="CLIP model name (downloaded) or checkpoint path")] = "ViT-B/32",
-    frames: Annotated[int, typer.Option(help="Frames per view, T")] = 16,
-    views: Annotated[int, typer.Option(help="Augmented train views per clip (plus one test view)")] = 4,
-    batch_size: Annotated[int, typer.Option(help="Frames per encoder call")] = 512,
-    workers: Annotated[int, typer.Option(help="Decode processes; -1: one per core but one")] = -1,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of train-view sampling and augmentation")] = 0,
-    shard_clips: Annotated[int, typer.Option(help="Clips per shard (the most a crash can lose)")] = 256,
-    face_crop: Annotated[bool, typer.Option(help="Detect and crop faces first (raw videos)")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Redo committed shards")] = False,
-    strict: Annotated[bool, typer.Option(help="Stop at the first bad clip instead of skipping it")] = False,
+    clip: Annotated[str | None, typer.Option(help=f"CLIP name or file ({_default(ExtractConfig, 'clip')})")] = None,
+    frames: Annotated[int | None, typer.Option(help=f"Frames per view T ({_default(ExtractConfig, 'frames')})")] = None,
+    views: Annotated[
+        int | None, typer.Option(help=f"Augmented train views per clip ({_default(ExtractConfig, 'views')})")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"Frames per encoder call ({_default(ExtractConfig, 'batch_size')})")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help=f"Decode processes, -1 per core less one ({_default(ExtractConfig, 'workers')})"),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | fp32 | fp16 | bf16 (default auto)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of train-view sampling and augmentation (default 0)")] = None,
+    shard_clips: Annotated[
+        int | None, typer.Option(help=f"Clips per shard ({_default(ExtractConfig, 'shard_clips')})")
+    ] = None,
+    face_crop: Annotated[bool | None, typer.Option(help="Crop faces first (raw videos; default off)")] = None,
+    overwrite: Annotated[bool | None, typer.Option(help="Redo committed shards")] = None,
+    strict: Annotated[bool | None, typer.Option(help="Stop at the first bad clip instead of skipping it")] = None,
+    set_: Sets = None,
 ) -> None:
     """Stage 1: encode every clip's sampled frames with frozen CLIP into an HDF5 feature cache."""
-    from tgdfer.config import ExtractConfig
+    flags = {k: v for k, v in locals().items() if k != "set_"}
     from tgdfer.extract import extract as run_extract
 
-    cfg = ExtractConfig(
-        dataset=dataset,
-        root=str(root),
-        out=str(out or Path("cache") / f"{dataset}.h5"),
-        annotations=str(annotations) if annotations else None,
-        clip=clip,
-        frames=frames,
-        views=views,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        seed=seed,
-        shard_clips=shard_clips,
-        face_crop=face_crop,
-        overwrite=overwrite,
-        strict=strict,
-    )
-    run_extract(cfg)
+    flags["out"] = out or Path("cache") / f"{dataset}.h5"
+    run_extract(_build(ExtractConfig, flags, set_))
 
 
 @app.command()
 def train(
-    features: Annotated[Path, typer.Option(help="Entry file of a stage-1 cache")] = Path("cache/dfew.h5"),
-    fold: Annotated[str, typer.Option(help="1..5 for DFEW/MAFW, 1 otherwise, or all")] = "1",
+    features: Annotated[Path | None, typer.Option(help="Entry file of a stage-1 cache (default cache/dfew.h5)")] = None,
+    fold: Annotated[str | None, typer.Option(help="1..5 for DFEW/MAFW, 1 otherwise, or all (default 1)")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default cache/runs/<cache>-fold<k>)")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting, e.g. model.window=4 (repeatable)")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    set_: Sets = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights for the text tower (default: the cache's)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint")] = False,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
-    from tgdfer.config import RunConfig, apply_overrides
-    from tgdfer.engine import fit_folds, folds_of
+    from tgdfer.train.engine import train as run_train
 
-    run_out = out or Path("cache/runs") / f"{features.stem}-fold{fold}"
-    cfg = RunConfig(features=str(features), fold=fold, out=str(run_out), device=device, clip=clip)
-    cfg = apply_overrides(cfg, set_ or [])
-    fit_folds(cfg, folds_of(str(features), fold), resume=resume)
+    cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip}, set_)
+    cfg = dataclasses.replace(cfg, out=str(out or Path("cache/runs") / f"{Path(cfg.features).stem}-fold{cfg.fold}"))
+    run_train(cfg, resume=resume)
 
 
 @app.command()
 def ablate(
     table: Annotated[str, typer.Option(help="Paper table: 3 (depths), 4 (stride/window), 5 (prompts), 6 (frames)")],
-    features: Annotated[Path, typer.Option(help="Entry file of a stage-1 cache")] = Path("cache/dfew.h5"),
-    folds: Annotated[str, typer.Option(help="e.g. 1-5, 1,3 or all")] = "all",
-    seeds: Annotated[str, typer.Option(help="e.g. 1,2,3 or 1-3")] = "1",
-    workers: Annotated[int, typer.Option(help="Trainings at once (they share GPUs, or split the CPU)")] = 1,
-    out: Annotated[Path, typer.Option(help="Sweep directory: runs/ and table<N>.md/.csv")] = Path("cache/ablate"),
+    features: Annotated[Path | None, typer.Option(help="Entry file of a stage-1 cache (default cache/dfew.h5)")] = None,
+    folds: Annotated[str | None, typer.Option(help="e.g. 1-5, 1,3 or all (default all)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="e.g. 1,2,3 or 1-3 (default 1)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Trainings at once (default 1)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (default cache/ablate)")] = None,
     rows: Annotated[str | None, typer.Option(help="Only these row labels, comma-separated")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override applied to every row")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the planned runs and their settings, train nothing")] = False,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
-    from tgdfer.ablations import parse_folds, parse_seeds, run_table
+    from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
 
-    result = run_table(
-        table,
-        str(features),
-        folds=parse_folds(folds, str(features)),
-        seeds=parse_seeds(seeds),
-        workers=workers,
-        out=str(out),
-        dry_run=dry_run,
-        overrides=set_ or [],
-        device=device,
-        rows=[r.strip() for r in rows.split(",")] if rows else None,
-    )
+    flags = {"table": table, "features": features, "workers": workers, "out": out, "device": device}
+    flags["rows"] = tuple(r.strip() for r in rows.split(",")) if rows else None
+    flags["seeds"] = tuple(parse_seeds(seeds)) if seeds else None
+    flags["folds"] = tuple(parse_folds(folds)) if folds and folds.strip().lower() != "all" else None
+    flags["overrides"] = tuple(set_ or ())
+    result = run_table(_build(SweepConfig, flags), dry_run=dry_run)
     if result.get("failed"):
         raise typer.Exit(1)
+
+
+_FACE_HELP = "Detect and crop faces first; --no-face-crop when inputs are face crops already (DFEW)"
 
 
 @app.command()
@@ -155,21 +151,22 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Video files or folders of frames")],
     run: Annotated[Path, typer.Option(help="Run directory written by `tgdfer train`")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
-    face_crop: Annotated[
-        bool, typer.Option(help="Detect and crop faces first; --no-face-crop when inputs are face crops already (DFEW)")
-    ] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_clips: Annotated[int, typer.Option(help="Clips per encoder batch")] = 16,
-    workers: Annotated[int, typer.Option(help="Decode processes; -1: one per core but one")] = -1,
+    face_crop: Annotated[bool | None, typer.Option(help=_FACE_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
+    batch_clips: Annotated[
+        int | None, typer.Option(help=f"Clips per encoder batch ({_default(PredictConfig, 'batch_clips')})")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode processes; -1: one per core but one (default -1)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
 ) -> None:
     """Classify clips with a trained run: class, probabilities, per-frame influence."""
     import json
 
-    from tgdfer.predict import format_predictions
-    from tgdfer.predict import predict as run_predict
+    from tgdfer.apps.predict import format_predictions
+    from tgdfer.apps.predict import predict as run_predict
 
-    results = run_predict([str(p) for p in paths], str(run), device, face_crop, batch_clips, workers, clip)
+    flags = {"run": run, "face_crop": face_crop, "device": device, "batch_clips": batch_clips, "workers": workers}
+    results = run_predict([str(p) for p in paths], _build(PredictConfig, {**flags, "clip": clip}))
     print(json.dumps(results, indent=2) if json_ else format_predictions(results))
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)  # every readable input was still predicted and printed
@@ -181,65 +178,49 @@ def explain(
     run: Annotated[Path, typer.Option(help="Run directory written by `tgdfer train`")],
     png: Annotated[Path, typer.Option(help="Where to write the figure")] = Path("explain.png"),
     target: Annotated[str | None, typer.Option(help="Explain this class instead of the predicted one")] = None,
-    face_crop: Annotated[
-        bool, typer.Option(help="Detect and crop faces first; --no-face-crop when inputs are face crops already (DFEW)")
-    ] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    face_crop: Annotated[bool | None, typer.Option(help=_FACE_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
 ) -> None:
     """Fig. 4 of the paper: the sampled frames with their normalised influence as a colour bar."""
-    from tgdfer.predict import explain as run_explain
+    from tgdfer.apps.predict import explain as run_explain
 
-    result = run_explain(str(path), str(run), str(png), device, face_crop, clip, target)
+    cfg = _build(PredictConfig, {"run": run, "face_crop": face_crop, "device": device, "clip": clip, "workers": 0})
+    result = run_explain(str(path), cfg, png=str(png), target=target)
     print(f"{path}: predicted {result['predicted']}; influence on {result['explained']} drawn to {result['png']}")
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes")] = Path("cache/demo"),
+    out: Annotated[Path | None, typer.Option(help="Folder for everything the demo writes (default cache/demo)")] = None,
     clip: Annotated[
-        str, typer.Option(help="auto (real ViT-B/32 if available, else tiny random), a name or a path")
-    ] = "auto",
-    per_class: Annotated[int, typer.Option(help="Generated clips per class")] = 10,
-    epochs: Annotated[int, typer.Option(help="Training epochs (0: 30 with a tiny CLIP, 10 with real weights)")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        str | None, typer.Option(help="auto (real ViT-B/32 if available, else tiny random), a name or a path")
+    ] = None,
+    per_class: Annotated[int | None, typer.Option(help="Generated clips per class (default 10)")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs (0: 30 with a tiny CLIP, 10 with real weights)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
 ) -> None:
     """Generate clips, extract, train, evaluate, predict and explain: the whole pipeline in minutes."""
-    from tgdfer.demo import DemoConfig, run_demo
+    from tgdfer.apps.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=str(out), clip=clip, per_class=per_class, epochs=epochs, device=device))
+    run_demo(_build(DemoConfig, {"out": out, "clip": clip, "per_class": per_class, "epochs": epochs, "device": device}))
 
 
 @app.command()
 def info(features: Annotated[Path, typer.Argument(help="Entry file of a stage-1 cache")]) -> None:
     """Describe a feature cache: how it was made, its clips, views, splits and failures."""
-    import numpy as np
+    from tgdfer.apps.info import info as describe
 
-    from tgdfer.features import load_cache
-
-    cache = load_cache(features)
-    a = cache.attrs
-    print(
-        f"{features}: {len(cache.clip_ids)} clips, {len(cache.view_kind)} views (T={cache.frames}, D={cache.dim}), "
-        f"{len(cache.failures)} failures"
-    )
-    print(f"  dataset {a.get('dataset')}, classes {list(cache.class_names)}")
-    print(
-        f"  CLIP {a.get('clip_model')} sha256 {str(a.get('clip_sha256'))[:16]}..., dtype {a.get('dtype')}, "
-        f"{a.get('train_views')} train views per clip, seed {a.get('seed')}, tgdfer {a.get('tgdfer_version')}"
-    )
-    for k, name in enumerate(cache.split_names):
-        col = cache.membership[:, k]
-        print(f"  split {name}: {int((col == 1).sum())} train, {int((col == 2).sum())} test clips")
-    counts = np.bincount(cache.labels, minlength=len(cache.class_names))
-    print("  clips per class: " + ", ".join(f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)))
+    print(describe(str(features)))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status instead of raising SystemExit when called from Python."""
     try:
         app(args=argv, prog_name="tgdfer", standalone_mode=True)
-    except _user_errors() as exc:
+    except TgdferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # typer's own exit, with usage errors already printed

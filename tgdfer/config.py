@@ -8,11 +8,54 @@ from these, never a whole run config.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from tgdfer.errors import ConfigError
+
+Dataset = Literal["dfew", "ferv39k", "mafw", "csv"]  # the annotation readers of tgdfer.data.datasets
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PromptText = Literal["descriptors", "class"]  # a prompt's words: movement descriptors or the class name
+
+
+def _checked(cfg: Any, rules: dict[str, tuple[Any, str]]) -> None:
+    """Refuse a config whose Literal fields hold other values, or whose fields break ``rules``.
+
+    ``rules`` maps a field to (predicate, what it must be); messages name the ``--set`` key and both values.
+    """
+    section = _SECTIONS.get(type(cfg).__name__, "")
+    for f in dataclasses.fields(cfg):
+        kind = _hints(type(cfg))[f.name]
+        value = getattr(cfg, f.name)
+        if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+            choices = ", ".join(map(str, typing.get_args(kind)))
+            raise ConfigError(f"{section}{f.name}: expected one of {choices}, found {value!r}")
+    for name, (ok, what) in rules.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{section}{name}: expected {what}, found {value!r}")
+
+
+_SECTIONS = {"ModelConfig": "model.", "OptimConfig": "optim.", "TrainConfig": "train.", "AugmentConfig": "augment."}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _positive(x) -> bool:
+    return x > 0
+
+
+def _at_least(n):
+    return lambda x: x >= n
 
 
 @dataclass(frozen=True)
@@ -35,7 +78,7 @@ class AugmentConfig:
 class ExtractConfig:
     """Stage 1: frozen CLIP frame features for every clip of a dataset."""
 
-    dataset: str  # dfew | ferv39k | mafw | csv: which annotation reader
+    dataset: Dataset  # dfew | ferv39k | mafw | csv: which annotation reader
     root: str  # dataset root folder
     out: str = "cache/dfew.h5"  # entry file; shards go to <out stem>.shards/ beside it
     annotations: str | None = None  # split files folder (or the CSV), when not at the dataset's usual place
@@ -46,13 +89,25 @@ class ExtractConfig:
     batch_size: int = 512  # frames per encoder call; fits ViT-B/32 fp16 on any recent GPU
     workers: int = -1  # decode processes; -1: one per CPU core but one (decoding is the bottleneck)
     device: str = "auto"  # auto: CUDA when present (cuda:LOCAL_RANK under torchrun), else CPU
-    precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU; or fp32 | fp16 | bf16
+    precision: Precision = "auto"  # auto: fp16 on CUDA, fp32 on CPU; or fp32 | fp16 | bf16
     shard_clips: int = 256  # clips per shard: the most work a crash can lose
     face_crop: bool = False  # detect and crop faces first (for raw videos; DFEW/FERV39k frames are crops)
     overwrite: bool = False  # redo committed shards instead of skipping them
     strict: bool = False  # a bad clip stops extraction instead of being skipped and recorded
     download_root: str | None = None  # where clip keeps downloaded weights (default ~/.cache/clip)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "frames": (_at_least(1), "T >= 1 frames per view"),
+                "views": (_at_least(0), "0 or more train views"),
+                "batch_size": (_at_least(1), "a batch of >= 1 frames"),
+                "workers": (_at_least(-1), "-1 (one per core but one) or >= 0 decode processes"),
+                "shard_clips": (_at_least(1), ">= 1 clips per shard"),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -67,28 +122,55 @@ class ModelConfig:
     coarse_depth: int = 1  # transformer layers over all T frames (Eq. 4); Table 3 row e; 0 removes it
     window: int = 4  # fine window width w; Table 4 best
     stride: int = 1  # fine window stride s = w - overlap; Table 4 best; 0 means s = w (Table 4 "no stride")
-    window_merge: str = "mean"  # frame t of X^fine: mean over the windows covering t | first such window
+    window_merge: Literal["mean", "first"] = (
+        "mean"  # frame t of X^fine: mean over the windows covering t | first such window
+    )
     heads: int = 8  # attention heads per temporal layer (D must divide by it); 512/8 = 64 as in CLIP
     ffn_mult: int = 4  # feed-forward width = ffn_mult * D, the transformer default
     dropout: float = 0.1  # in the temporal layers; the only regulariser besides augmentation
     # Text prompts, §3.3.1 (Eq. 6)
     n_ctx: int = 8  # learnable context tokens M before each prompt's words; DFER-CLIP's choice
     class_specific_ctx: bool = False  # one context per class (CoOp's CSC) instead of one shared by all
-    fine_text: str = "descriptors"  # words of the fine prompt X^FP: descriptors | class
+    fine_text: PromptText = "descriptors"  # words of the fine prompt X^FP: descriptors | class
     fine_learnable: bool = True  # Eq. 6: learnable context before the descriptors
-    coarse_text: str = "class"  # words of the coarse prompt X^CP (Table 5's "Text Prompt"): class | descriptors
+    coarse_text: PromptText = "class"  # words of the coarse prompt X^CP (Table 5's "Text Prompt"): class | descriptors
     coarse_learnable: bool = True  # Table 5 row h: learnable context before the class name
     descriptors: str | None = None  # JSON file of {class: descriptor} replacing tgdfer's descriptors
     # Visual prompt, §3.3.2 (Eq. 7-10)
-    visual_prompt: str = "add"  # Table 5: add (Eq. 9) | prepend (concatenate [V^P; X^FP]) | off
-    vp_weights: str = "softmax"  # how A_I weights frames in Eq. 7: softmax over T | raw (VadCLIP's logits)
+    visual_prompt: Literal["add", "prepend", "off"] = (
+        "add"  # Table 5: add (Eq. 9) | prepend (concatenate [V^P; X^FP]) | off
+    )
+    vp_weights: Literal["softmax", "raw"] = (
+        "softmax"  # how A_I weights frames in Eq. 7: softmax over T | raw (VadCLIP's logits)
+    )
     mlp_mult: int = 4  # hidden width of the Eq. 10 MLP = mlp_mult * D, as VadCLIP's
     tau: float = 0.01  # temperature of Eq. 8 and Eq. 11, paper §4.2
     # Bag prediction, Eq. 11
-    mil: str = "attention"  # T instance scores -> bag: attention (weights from cos(X^I, X^FP)) | mean | topk
+    mil: Literal["attention", "mean", "topk"] = (
+        "attention"  # T instance scores -> bag: attention (weights from cos(X^I, X^FP)) | mean | topk
+    )
     attn_tau: float = 1.0  # softmax_T temperature of the attention weights; at tau=0.01 they start one-hot on
     #                        random frames and training collapsed to chance on our generated cache (1.0: 96% WAR)
     topk: int = 4  # frames averaged by mil=topk; about the 3-4 decisive frames a 16-frame clip holds
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "fine_depth": (_at_least(0), "a depth >= 0 (0 removes the fine module)"),
+                "coarse_depth": (_at_least(0), "a depth >= 0 (0 removes the coarse module)"),
+                "window": (_at_least(1), "a window of >= 1 frames"),
+                "stride": (_at_least(0), "a stride >= 1, or 0 for s = w"),
+                "heads": (_at_least(1), ">= 1 attention heads"),
+                "ffn_mult": (_at_least(1), "a multiple >= 1"),
+                "dropout": (lambda x: 0 <= x < 1, "a probability in [0, 1)"),
+                "n_ctx": (_at_least(1), ">= 1 context tokens"),
+                "mlp_mult": (_at_least(1), "a multiple >= 1"),
+                "tau": (_positive, "a temperature > 0"),
+                "attn_tau": (_positive, "a temperature > 0"),
+                "topk": (_at_least(1), ">= 1 frames"),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +184,22 @@ class OptimConfig:
     milestones: tuple[int, ...] = (30, 40)  # MultiStepLR epochs (§4.2)
     gamma: float = 0.1  # MultiStepLR factor (§4.2)
 
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "lr": (_positive, "a learning rate > 0"),
+                "lr_prompt": (_at_least(0), "a learning rate >= 0"),
+                "momentum": (lambda x: 0 <= x < 1, "a momentum in [0, 1)"),
+                "weight_decay": (_at_least(0), "a weight decay >= 0"),
+                "milestones": (
+                    lambda m: all(a <= b for a, b in itertools.pairwise(m)) and all(x > 0 for x in m),
+                    "non-decreasing epochs > 0",
+                ),
+                "gamma": (_positive, "a factor > 0"),
+            },
+        )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -113,6 +211,17 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     eval_every: int = 1  # test-view metrics every k epochs, for the curves only; the final epoch is reported
     grad_clip: float = 0.0  # max gradient norm; 0 disables (the paper uses none)
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "epochs": (_at_least(1), ">= 1 epochs (0 would report an untrained model)"),
+                "batch_size": (_at_least(1), "a batch of >= 1 clips"),
+                "eval_every": (_at_least(0), "0 (final epoch only) or >= 1 epochs"),
+                "grad_clip": (_at_least(0), "a norm >= 0 (0 disables clipping)"),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +238,45 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """``tgdfer predict`` / ``explain``: a trained run applied to new clips."""
+
+    run: str = "cache/runs/dfew-fold1"  # run directory written by `tgdfer train`
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    face_crop: bool = True  # detect and crop faces first; False for inputs that are face crops already (DFEW)
+    batch_clips: int = 16  # clips per encoder call: B*T frames through CLIP at once
+    workers: int = -1  # decode processes; -1: one per CPU core but one
+    clip: str | None = None  # CLIP weights; default the run's own (checked by SHA-256)
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "batch_clips": (_at_least(1), ">= 1 clips per batch"),
+                "workers": (_at_least(-1), "-1 (one per core but one) or >= 0 decode processes"),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``tgdfer ablate``: one paper table as rows x folds x seeds training runs."""
+
+    table: str  # the paper's table: 3 (depths), 4 (stride/window), 5 (prompts), 6 (frames)
+    features: str = "cache/dfew.h5"  # the stage-1 entry file every run trains on
+    folds: tuple[str, ...] | None = None  # None: every split of the cache (DFEW's five folds)
+    seeds: tuple[int, ...] = (1,)  # train.seed of each repetition
+    workers: int = 1  # trainings at once (they share the GPUs, or split the CPU)
+    out: str = "cache/ablate"  # sweep folder: runs/<key>/ and table<N>.md/.csv
+    rows: tuple[str, ...] | None = None  # only these row labels; None: the whole table
+    overrides: tuple[str, ...] = ()  # --set applied to every row, after the row's own settings
+    device: str = "auto"  # auto: CUDA when present, else CPU
+
+    def __post_init__(self) -> None:
+        _checked(self, {"workers": (_at_least(1), ">= 1 trainings at once"), "seeds": (len, "at least one seed")})
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -139,7 +287,7 @@ def from_dict(cls: type, data: dict) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
     kwargs = {}
     for key, value in data.items():
         kind = hints[key]
@@ -159,6 +307,11 @@ def to_json(cfg: Any) -> str:
 def _parse(text: str, kind: Any, key: str) -> Any:
     """Parse ``text`` as a value of type ``kind`` (int, float, bool, str, tuples, optionals)."""
     origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if text not in choices:
+            raise ConfigError(f"--set {key}: expected one of {', '.join(map(str, choices))}, found {text!r}")
+        return text
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
         if text.lower() in ("none", "null", ""):
@@ -174,11 +327,11 @@ def _parse(text: str, kind: Any, key: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--set {key}: expected true or false, found {text!r}")
+        raise ConfigError(f"--set {key}: expected true or false, found {text!r}")
     try:
         return kind(text)
     except (TypeError, ValueError):
-        raise ValueError(f"--set {key}: expected {getattr(kind, '__name__', kind)}, found {text!r}") from None
+        raise ConfigError(f"--set {key}: expected {getattr(kind, '__name__', kind)}, found {text!r}") from None
 
 
 def _replace(cfg: Any, path: list[str], text: str, key: str) -> Any:
@@ -186,14 +339,14 @@ def _replace(cfg: Any, path: list[str], text: str, key: str) -> Any:
     hints = typing.get_type_hints(type(cfg))
     name = path[0]
     if name not in fields:
-        raise ValueError(f"--set {key}: unknown setting {name!r}; expected one of {sorted(fields)}")
+        raise ConfigError(f"--set {key}: unknown setting {name!r}; expected one of {sorted(fields)}")
     if len(path) == 1:
         if dataclasses.is_dataclass(hints[name]):
-            raise ValueError(f"--set {key}: {name!r} is a section; set one of its fields, e.g. {name}.<field>=...")
+            raise ConfigError(f"--set {key}: {name!r} is a section; set one of its fields, e.g. {name}.<field>=...")
         return dataclasses.replace(cfg, **{name: _parse(text, hints[name], key)})
     child = getattr(cfg, name)
     if not dataclasses.is_dataclass(child):
-        raise ValueError(f"--set {key}: {name!r} has no fields")
+        raise ConfigError(f"--set {key}: {name!r} has no fields")
     return dataclasses.replace(cfg, **{name: _replace(child, path[1:], text, key)})
 
 
@@ -201,7 +354,7 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
     """Apply ``section.field=value`` strings to a frozen config; errors name the key and what was expected."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set: expected key=value (e.g. model.window=4), found {item!r}")
+            raise ConfigError(f"--set: expected key=value (e.g. model.window=4), found {item!r}")
         key, text = item.split("=", 1)
         cfg = _replace(cfg, key.strip().split("."), text.strip(), key.strip())
     return cfg

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tgdfer.errors import ConfigError
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -33,7 +35,7 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: expected a device this machine has, found {spec!r} but CUDA is not available")
+        raise ConfigError(f"--device: expected a device this machine has, found {spec!r} but CUDA is not available")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
@@ -44,8 +46,13 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if precision not in _DTYPES:
-        raise ValueError(f"--precision: expected auto or one of {sorted(_DTYPES)}, found {precision!r}")
+        raise ConfigError(f"--precision: expected auto or one of {sorted(_DTYPES)}, found {precision!r}")
     return _DTYPES[precision]
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA when ``enabled`` (train.amp); a no-op context on CPU, where bf16 matmuls are slow."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

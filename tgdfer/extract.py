@@ -2,7 +2,7 @@
 
 Flow: read and validate the annotations (errors stop here, before any encoding) -> load CLIP -> cut the clips
 into fixed shards of ``shard_clips`` annotation rows -> skip shards already committed with the same settings ->
-decode clips in DataLoader workers (``tgdfer.views.ClipViews``) -> encode on the device in fixed batches that
+decode clips in DataLoader workers (``tgdfer.data.views.ClipViews``) -> encode on the device in fixed batches that
 never cross a shard -> commit each shard atomically -> when every shard exists, write the entry file and a
 failures CSV beside it.
 
@@ -30,9 +30,13 @@ from tgdfer import __version__
 from tgdfer.atomic import committed, remove_stale_temporaries
 from tgdfer.backbone import load_clip
 from tgdfer.config import ExtractConfig
-from tgdfer.datasets import read_annotations
+from tgdfer.data.datasets import read_annotations
+from tgdfer.data.preprocess import augment_description, describe
+from tgdfer.data.sampling import SAMPLING_RULE
+from tgdfer.data.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 from tgdfer.devices import Ranks, dtype_name, ranks, resolve_device, resolve_dtype
-from tgdfer.features import (
+from tgdfer.errors import ExtractError
+from tgdfer.features.cache import (
     FORMAT_VERSION,
     ShardData,
     shard_dir,
@@ -41,13 +45,6 @@ from tgdfer.features import (
     write_entry,
     write_shard,
 )
-from tgdfer.preprocess import augment_description, describe
-from tgdfer.sampling import SAMPLING_RULE
-from tgdfer.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
-
-
-class ExtractError(RuntimeError):
-    """Extraction cannot go on; the message says why and what to do."""
 
 
 @dataclass

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tgdfer.errors import ConfigError
+
 # Class order follows each dataset's official label numbering, so label i here is label i+1 in DFEW's CSVs.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "dfew": ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"),
@@ -73,7 +75,7 @@ def load_descriptor_file(path: str | Path) -> dict[str, str]:
     """Read a JSON object mapping class names to descriptor sentences."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: expected a JSON object of class name -> descriptor text, found {type(data).__name__}"
         )
     return {canonical(k): v for k, v in data.items()}
@@ -93,7 +95,7 @@ def prompt_bodies(
         return [f"{c}." for c in class_names]
     if text == "descriptors":
         return [f"{d}." for d in descriptors_for(class_names, extra)]
-    raise ValueError(f"prompt text: expected 'class' or 'descriptors', found {text!r}")
+    raise ConfigError(f"prompt text: expected 'class' or 'descriptors', found {text!r}")
 
 
 def fixed_prompts(
@@ -104,4 +106,4 @@ def fixed_prompts(
         return [CLASS_TEMPLATE.format(c) for c in class_names]
     if text == "descriptors":
         return [DESCRIPTOR_TEMPLATE.format(d) for d in descriptors_for(class_names, extra)]
-    raise ValueError(f"prompt text: expected 'class' or 'descriptors', found {text!r}")
+    raise ConfigError(f"prompt text: expected 'class' or 'descriptors', found {text!r}")

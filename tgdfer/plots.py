@@ -88,13 +88,6 @@ def curves_png(history: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def minmax(values: np.ndarray) -> np.ndarray:
-    """Eq. 12: (x - min) / (max - min), for display only; a constant row maps to zeros."""
-    values = np.asarray(values, dtype=np.float64)
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-
-
 # Fig. 4 layout in pixels at 100 dpi, so the PNG's size depends on T alone (never on the title's text).
 _DPI = 100
 _CELL, _GAP = 120, 6  # frame thumbnail side and the gap between thumbnails
@@ -135,6 +128,8 @@ def influence_png(
     t = len(frames)
     if len(influence) != t:
         raise ValueError(f"influence: expected one value per frame ({t}), found {len(influence)}")
+    from tgdfer.model.influence import minmax  # Eq. 12
+
     norm = minmax(influence)
     width, height = influence_png_size(t)
     cell = _cell(t)

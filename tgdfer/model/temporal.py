@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tgdfer.errors import ConfigError
+
 
 def _encoder(dim: int, depth: int, heads: int, ffn_mult: int, dropout: float) -> nn.TransformerEncoder:
     if dim % heads:
-        raise ValueError(f"model.heads: the feature width D={dim} must divide by the head count, found {heads}")
+        raise ConfigError(f"model.heads: the feature width D={dim} must divide by the head count, found {heads}")
     layer = nn.TransformerEncoderLayer(
         dim,
         heads,
@@ -36,9 +38,9 @@ def _encoder(dim: int, depth: int, heads: int, ffn_mult: int, dropout: float) ->
 def window_starts(frames: int, window: int, stride: int) -> list[int]:
     """First frame of each fine window: i * s for i < N = floor((T - w) / s) + 1 (Eq. 3)."""
     if not 1 <= window <= frames:
-        raise ValueError(f"model.window: expected 1 <= w <= T={frames}, found {window}")
+        raise ConfigError(f"model.window: expected 1 <= w <= T={frames}, found {window}")
     if stride < 1:
-        raise ValueError(f"model.stride: expected s >= 1 (0 in config means s = w), found {stride}")
+        raise ConfigError(f"model.stride: expected s >= 1 (0 in config means s = w), found {stride}")
     return list(range(0, frames - window + 1, stride))
 
 
@@ -58,7 +60,7 @@ def merge_matrix(frames: int, window: int, stride: int, merge: str) -> torch.Ten
             if len(cols):
                 first[t, cols[0]] = 1.0
         return first
-    raise ValueError(f"model.window_merge: expected 'mean' or 'first', found {merge!r}")
+    raise ConfigError(f"model.window_merge: expected 'mean' or 'first', found {merge!r}")
 
 
 class FineTemporal(nn.Module):
@@ -127,7 +129,7 @@ class MultiGrainedTemporal(nn.Module):
     ):
         super().__init__()
         if fine_depth < 0 or coarse_depth < 0:
-            raise ValueError(f"model.fine_depth/coarse_depth: expected >= 0, found {fine_depth}/{coarse_depth}")
+            raise ConfigError(f"model.fine_depth/coarse_depth: expected >= 0, found {fine_depth}/{coarse_depth}")
         stride = stride or window  # config 0 = no overlap (Table 4 "no stride")
         self.fine = (
             FineTemporal(frames, dim, fine_depth, window, stride, merge, heads, ffn_mult, dropout)

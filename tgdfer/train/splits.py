@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tgdfer.features import TEST_VIEW, TRAIN_VIEW, CacheError, FeatureCache
+from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
+from tgdfer.features.cache import CacheError, FeatureCache
 
 
 @dataclass(frozen=True, eq=False)

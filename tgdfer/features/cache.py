@@ -29,14 +29,10 @@ import h5py
 import numpy as np
 
 from tgdfer.atomic import committed
+from tgdfer.errors import CacheError
 
 FORMAT_VERSION = 1
-TEST_VIEW, TRAIN_VIEW = 0, 1
 _STR = h5py.string_dtype("utf-8")
-
-
-class CacheError(RuntimeError):
-    """A cache that cannot be used as asked; the message says what was expected and what was found."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +127,7 @@ def _strings(values) -> np.ndarray:
 def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: dict) -> dict:
     """Write the entry file over committed shards, atomically. Returns counts and the failed (id, path, reason).
 
-    ``annotations`` is the extraction's ``tgdfer.datasets.Annotations``; ``attrs`` how the features were made.
+    ``annotations`` is the extraction's ``tgdfer.data.datasets.Annotations``; ``attrs`` how the features were made.
     """
     entry = Path(entry)
     shards = [read_shard(p, features=False) for p in shard_files]
@@ -305,6 +301,13 @@ def read_attrs(path: str | Path) -> dict:
     """The entry's attributes only (cheap)."""
     with _open_entry(Path(path)) as f:
         return {k: _attr(v) for k, v in f.attrs.items()}
+
+
+def folds_of(path: str | Path, fold: str) -> list[str]:
+    """--fold all -> every split of the cache ("1".."5" for DFEW/MAFW, "1" otherwise); else [fold]."""
+    if str(fold).strip().lower() != "all":
+        return [str(fold)]
+    return [str(i + 1) for i in range(len(read_attrs(path)["split_names"]))]
 
 
 def load_cache(path: str | Path) -> FeatureCache:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tgdfer.data.video import VIDEO_EXTENSIONS
+from tgdfer.errors import AnnotationError, ConfigError
 from tgdfer.labels import CLASS_NAMES, canonical
-from tgdfer.video import VIDEO_EXTENSIONS
 
 ABSENT, TRAIN, TEST = 0, 1, 2  # membership codes (np.int8)
 DATASETS = ("dfew", "ferv39k", "mafw", "csv")
@@ -31,20 +32,6 @@ _ROLES = {TRAIN: "train", TEST: "test"}
 _FOLDS = tuple(f"fold{k}" for k in range(1, 6))
 _FOLD_ROLES = tuple((k, role) for k in range(5) for role in (TRAIN, TEST))  # the order files are read in
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-
-
-class AnnotationError(ValueError):
-    """Bad annotations; the message names the file and line: '<file>:<line>: expected ..., found ...'."""
-
-    def __init__(self, file: str | Path | None, line: int | None, message: str):
-        self.file = None if file is None else str(file)
-        self.line = line
-        self.message = message
-        where = "" if file is None else f"{file}: " if line is None else f"{file}:{line}: "
-        super().__init__(where + message)
-
-    def __reduce__(self):  # exceptions pickle through args; ours takes three (worker processes re-raise it)
-        return (type(self), (self.file, self.line, self.message))
 
 
 @dataclass(frozen=True)
@@ -74,7 +61,7 @@ class Annotations:
         membership = np.array(self.membership, dtype=np.int8)
         expected = (len(self.clips), len(self.split_names))
         if membership.shape != expected:
-            raise ValueError(f"membership: expected shape {expected} (clips, splits), found {membership.shape}")
+            raise ConfigError(f"membership: expected shape {expected} (clips, splits), found {membership.shape}")
         membership.flags.writeable = False
         object.__setattr__(self, "membership", membership)
 

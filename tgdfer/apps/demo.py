@@ -67,7 +67,7 @@ def choose_clip(cfg: DemoConfig, out: Path, log=print) -> tuple[str, str]:
 
 def _held_out_videos(root: Path, seed: int) -> list[Path]:
     """Two clips no run has seen, as .mp4 videos: what `tgdfer predict` is for."""
-    from tgdfer.synthetic import make_clip, write_video
+    from tgdfer.apps.synthetic import make_clip, write_video
 
     rng = np.random.default_rng(seed + 1)
     return [
@@ -76,11 +76,11 @@ def _held_out_videos(root: Path, seed: int) -> list[Path]:
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
-    from tgdfer.config import ExtractConfig, RunConfig
-    from tgdfer.engine import fit
+    from tgdfer.apps.predict import explain, format_predictions, predict
+    from tgdfer.apps.synthetic import make_csv_dataset
+    from tgdfer.config import ExtractConfig, PredictConfig, RunConfig
     from tgdfer.extract import extract
-    from tgdfer.predict import explain, format_predictions, predict
-    from tgdfer.synthetic import make_csv_dataset
+    from tgdfer.train.engine import fit
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -138,9 +138,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     log("demo 4/4: predicting new clips and explaining one")
     with open(data / "annotations.csv") as fh:
         test_clips = [str(data / r["path"]) for r in csv.DictReader(fh) if r["split"] == "test"]
-    results = predict([*map(str, videos), *test_clips[:3]], str(run_dir), cfg.device, face_crop=False)
+    applied = PredictConfig(run=str(run_dir), device=cfg.device, face_crop=False)
+    results = predict([*map(str, videos), *test_clips[:3]], applied)
     log(format_predictions(results))
-    explained = explain(str(videos[0]), str(run_dir), str(out / "explain.png"), cfg.device, face_crop=False)
+    explained = explain(str(videos[0]), applied, png=str(out / "explain.png"))
 
     seconds = time.perf_counter() - started
     short = {

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tgdfer.errors import ConfigError
+
 PAPER_NOTE = (
     "Paper figures: DFEW, 5-fold mean, the authors' features and training. tgdfer keeps both CLIP encoders frozen "
     "(the paper's text says frozen; its implementation details list an image-encoder learning rate), so a gap to "
@@ -54,7 +56,7 @@ class Table:
         for r in self.rows:
             if r.label == label:
                 return r
-        raise ValueError(f"table {self.number}: expected a row of {[r.label for r in self.rows]}, found {label!r}")
+        raise ConfigError(f"table {self.number}: expected a row of {[r.label for r in self.rows]}, found {label!r}")
 
 
 def _depth(d: int) -> str:

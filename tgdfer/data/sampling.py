@@ -13,6 +13,8 @@ import hashlib
 
 import numpy as np
 
+TEST_VIEW, TRAIN_VIEW = 0, 1  # view kinds: segment centres (evaluation) | random frame per segment (training)
+
 SAMPLING_RULE = (
     "T equal segments; test view: centre frame of each segment; train view k: uniform random frame in each "
     "segment, generator seeded by sha256(seed, clip id, k); clips shorter than T: all frames then the last repeated"

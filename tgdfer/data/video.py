@@ -14,13 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tgdfer.errors import ClipError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 _NUMBER = re.compile(r"\d+")
-
-
-class ClipError(Exception):
-    """A clip whose frames cannot be read; the message is the reason stored with the failure."""
 
 
 def frame_sort_key(path: Path) -> tuple[int, int, str]:

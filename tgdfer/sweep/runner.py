@@ -25,11 +25,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from tgdfer.ablation_tables import TABLES, Row, Table, render
 from tgdfer.atomic import write_text
-from tgdfer.config import RunConfig, apply_overrides, to_dict
+from tgdfer.config import RunConfig, SweepConfig, apply_overrides, to_dict
+from tgdfer.errors import ConfigError
+from tgdfer.sweep.tables import TABLES, Row, Table, render
+from tgdfer.train.runs import ERROR, METRICS, RunDir
 
-__all__ = ["TABLES", "Row", "Table", "parse_folds", "parse_seeds", "run_key", "run_table"]
+SELECT = "select.json"  # the sweep's own file in a run directory: Table 6's re-predictions of that run
+
+__all__ = ["parse_folds", "parse_seeds", "run_key", "run_table"]
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -45,14 +49,14 @@ def _int_list(text: str, what: str) -> list[int]:
             else:
                 values.append(int(part))
         except ValueError:
-            raise ValueError(f"--{what}: expected numbers or ranges such as 1-5 or 1,3, found {text!r}") from None
+            raise ConfigError(f"--{what}: expected numbers or ranges such as 1-5 or 1,3, found {text!r}") from None
     return list(dict.fromkeys(values))
 
 
 def parse_folds(text: str | None, features: str | None = None) -> list[str] | None:
     """'1-5' -> ['1'..'5'], '1,3' -> ['1', '3']; 'all' or None -> every split of ``features`` (None without it)."""
     if text is None or str(text).strip().lower() in ("", "all"):
-        from tgdfer.engine import folds_of
+        from tgdfer.features.cache import folds_of
 
         return folds_of(features, "all") if features else None
     return [str(k) for k in _int_list(text, "folds")]
@@ -105,8 +109,8 @@ def _train(cfg: RunConfig, resume: bool) -> tuple[bool, dict | str, float]:
         import torch
 
         from tgdfer.backbone import load_clip
-        from tgdfer.engine import fit
-        from tgdfer.features import load_cache
+        from tgdfer.features.cache import load_cache
+        from tgdfer.train.engine import fit
 
         source = (cfg.features, cfg.clip)
         if _STATE.get("source") != source:  # one cache in memory per process (a DFEW cache is about 1 GB)
@@ -124,11 +128,7 @@ def _train(cfg: RunConfig, resume: bool) -> tuple[bool, dict | str, float]:
 
 
 def _status(run_dir: Path) -> str:
-    if (run_dir / "metrics.json").exists():
-        return "done"
-    if (run_dir / "checkpoint.pt").exists():
-        return "partial"
-    return "failed earlier" if (run_dir / "error.txt").exists() else "new"
+    return RunDir(run_dir).status()
 
 
 def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str, log: Callable[[str], None]) -> int:
@@ -145,16 +145,16 @@ def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str
         cfg, label = todo[key]
         run_dir = Path(cfg.out)
         if ok:
-            (run_dir / "error.txt").unlink(missing_ok=True)
+            (run_dir / ERROR).unlink(missing_ok=True)
             what = f"WAR {result['war']:.2f} UAR {result['uar']:.2f}"
         else:
-            write_text(run_dir / "error.txt", result)
-            what = f"FAILED {result.strip().splitlines()[-1]} (see {run_dir / 'error.txt'})"
+            write_text(run_dir / ERROR, result)
+            what = f"FAILED {result.strip().splitlines()[-1]} (see {run_dir / ERROR})"
         eta = (time.perf_counter() - started) / finished * (len(todo) - finished)
         log(f"[{done0 + finished}/{len(jobs)}] {label}: {what} ({seconds:.1f} s) — ETA {_duration(eta)}")
 
     def resume(cfg: RunConfig) -> bool:
-        return (Path(cfg.out) / "checkpoint.pt").exists()
+        return _status(Path(cfg.out)) == "partial"
 
     workers = min(workers, len(todo))
     if workers == 1:
@@ -189,17 +189,17 @@ def _evaluate_selected(rows: list[Row], run_dirs: list[Path], features: str, dev
     ``run_dirs`` come in fold order, so each fold's data goes to the device once and alone.
     """
     from tgdfer.devices import resolve_device
-    from tgdfer.engine import evaluate
-    from tgdfer.features import load_cache
-    from tgdfer.runs import load_run
-    from tgdfer.splits import fold_data
+    from tgdfer.features.cache import load_cache
+    from tgdfer.train.engine import evaluate
+    from tgdfer.train.runs import load_run
+    from tgdfer.train.splits import fold_data
 
     cache, data, errors = None, None, {}
     for run_dir in run_dirs:
-        path = run_dir / "select.json"
+        path = run_dir / SELECT
         done = json.loads(path.read_text()) if path.exists() else {}
         missing = [r for r in rows if r.label not in done]
-        if not missing or not (run_dir / "metrics.json").exists():
+        if not missing or _status(run_dir) != "done":
             continue  # evaluated earlier, or its training failed (reported from error.txt)
         try:
             cache, dev = cache or load_cache(features), resolve_device(device)
@@ -246,15 +246,15 @@ def _summarize(spec: Table, rows: list[Row], plan: list[dict], errors: dict[Path
         for p in (p for p in plan if p["row"] is row):
             run_dir = p["run_dir"]
             s["run_dirs"].append(str(run_dir))
-            source = run_dir / ("select.json" if spec.evaluates else "metrics.json")
+            source = run_dir / (SELECT if spec.evaluates else METRICS)
             m = json.loads(source.read_text()) if source.exists() else {}
             m = m.get(row.label, {}) if spec.evaluates else m
             if "uar" in m:
                 s["uar"].append(m["uar"])
                 s["war"].append(m["war"])
                 s["runs"] += 1
-            elif run_dir in errors or (run_dir / "error.txt").exists():
-                error = errors.get(run_dir) or (run_dir / "error.txt").read_text().strip().splitlines()[-1]
+            elif run_dir in errors or (run_dir / ERROR).exists():
+                error = errors.get(run_dir) or (run_dir / ERROR).read_text().strip().splitlines()[-1]
                 failed.append({"row": row.label, "fold": p["fold"], "seed": p["seed"], "run_dir": str(run_dir)})
                 failed[-1]["error"] = error
                 s["failed"] += 1
@@ -262,39 +262,26 @@ def _summarize(spec: Table, rows: list[Row], plan: list[dict], errors: dict[Path
     return summary, failed
 
 
-def run_table(
-    table: int | str,
-    features: str,
-    folds: list[str] | None = None,
-    seeds: list[int] = (1,),
-    workers: int = 1,
-    out: str = "cache/ablate",
-    dry_run: bool = False,
-    overrides: list[str] = (),
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-    rows: list[str] | None = None,
-) -> dict:
-    """Run (or with ``dry_run`` only plan) a paper table; see the module docstring. ``rows`` picks some rows.
+def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run (or with ``dry_run`` only plan) a paper table; see the module docstring.
 
     Returns {"table", "rows": per-row summaries, "failed": failed (row, fold, seed) entries, "planned": rows ×
     folds × seeds, "trainings": distinct runs, "ran", "skipped", "table_md", "table_csv"}.
     """
-    from tgdfer.engine import folds_of
-    from tgdfer.features import CacheError, read_attrs
+    from tgdfer.features.cache import CacheError, folds_of, read_attrs
 
+    table, features, folds, seeds, rows = sweep.table, sweep.features, sweep.folds, list(sweep.seeds), sweep.rows
+    workers, out, overrides, device = sweep.workers, sweep.out, list(sweep.overrides), sweep.device
     if str(table) not in TABLES:
-        raise ValueError(f"--table: expected one of {sorted(TABLES)}, found {table!r}")
+        raise ConfigError(f"--table: expected one of {sorted(TABLES)}, found {table!r}")
     spec = TABLES[str(table)]
     chosen = [spec.row(label) for label in rows] if rows else list(spec.rows)
     if not Path(features).is_file():
         raise CacheError(f"--features: expected a feature cache written by `tgdfer extract`, found no file {features}")
-    if workers < 1:
-        raise ValueError(f"--workers: expected 1 or more, found {workers}")
     attrs, valid = read_attrs(features), folds_of(features, "all")
     folds = [str(f) for f in folds] if folds else valid
     if any(f not in valid for f in folds):
-        raise ValueError(f"--folds: {features} has folds {valid}; found {folds}")
+        raise ConfigError(f"--folds: {features} has folds {valid}; found {folds}")
     out_dir, fingerprint = Path(out), str(attrs.get("fingerprint"))
     plan, jobs = _plan(spec, chosen, features, fingerprint, folds, seeds, out_dir, overrides, device)
     finished = sum(_status(Path(cfg.out)) == "done" for cfg, _ in jobs.values())

@@ -18,22 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tgdfer.errors import ConfigError
+from tgdfer.model.influence import scaled_cosine
+
 PLACEMENTS = ("add", "prepend", "off")
 
 
 def alignment(xi: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(X^I, text) / tau: (B, T, D), (C, D) -> (B, T, C), in fp32 (see ``mil.instance_scores``)."""
-    with torch.autocast(xi.device.type, enabled=False):
-        return F.normalize(xi.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t() / tau
+    """Eq. 8, A_I = cos(X^I, X^FP) / tau: (B, T, D), (C, D) -> (B, T, C), in fp32."""
+    return scaled_cosine(xi, text, tau)
 
 
 class VisualPrompt(nn.Module):
     def __init__(self, dim: int, placement: str, weights: str, mlp_mult: int, tau: float):
         super().__init__()
         if placement not in PLACEMENTS:
-            raise ValueError(f"model.visual_prompt: expected one of {PLACEMENTS}, found {placement!r}")
+            raise ConfigError(f"model.visual_prompt: expected one of {PLACEMENTS}, found {placement!r}")
         if weights not in ("softmax", "raw"):
-            raise ValueError(f"model.vp_weights: expected 'softmax' or 'raw', found {weights!r}")
+            raise ConfigError(f"model.vp_weights: expected 'softmax' or 'raw', found {weights!r}")
         self.placement, self.weights, self.tau = placement, weights, tau
         in_dim = 2 * dim if placement == "prepend" else dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, mlp_mult * dim), nn.GELU(), nn.Linear(mlp_mult * dim, dim))

@@ -241,8 +241,9 @@ def write_feature_cache(
     those frames are ``signal * prototype[class] + noise``; all other frames are noise drawn the same way for
     every class. Clip k is in the test set of fold k % folds. Returns the (V, T) bool mask of signal frames.
     """
-    from tgdfer.datasets import Annotations, ClipRecord
-    from tgdfer.features import TEST_VIEW, TRAIN_VIEW, ShardData, shard_path, write_entry, write_shard
+    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
+    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
 
     path = Path(path)
     rng = np.random.default_rng(seed)

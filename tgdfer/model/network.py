@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from tgdfer.config import ModelConfig
+from tgdfer.errors import ConfigError
 from tgdfer.labels import fixed_prompts, load_descriptor_file, prompt_bodies
-from tgdfer.mil import aggregate, instance_scores
-from tgdfer.prompts import PromptSet, TextPrompts, TextTower
-from tgdfer.temporal import MultiGrainedTemporal
-from tgdfer.visual_prompt import VisualPrompt
+from tgdfer.model.mil import aggregate, instance_scores
+from tgdfer.model.prompts import PromptSet, TextPrompts, TextTower
+from tgdfer.model.temporal import MultiGrainedTemporal
+from tgdfer.model.visual_prompt import VisualPrompt
 
 FROZEN_PREFIX = "prompts.tower."  # the CLIP text tower: loaded from CLIP's weights, never from checkpoints
 
@@ -39,7 +40,7 @@ class TGDFER(nn.Module):
         tower = TextTower(clip_model)
         text_dim = int(tower.text_projection.shape[1])
         if text_dim != dim:
-            raise ValueError(
+            raise ConfigError(
                 f"CLIP text features have D={text_dim}, the cache's image features D={dim}: the cache "
                 "was made with another CLIP"
             )
@@ -108,7 +109,7 @@ class TGDFER(nn.Module):
         result = self.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIX)]
         if missing or result.unexpected_keys:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint does not fit this model: missing {missing[:5]}, unexpected "
                 f"{result.unexpected_keys[:5]}; was it trained with other model settings?"
             )

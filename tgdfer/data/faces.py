@@ -21,11 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tgdfer.errors import FaceDetectorError
+
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
-
-
-class FaceDetectorError(RuntimeError):
-    """The face detector cannot be built (its cascade file is missing or unreadable)."""
 
 
 def cascade_path() -> Path:

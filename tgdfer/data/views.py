@@ -19,10 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tgdfer.config import AugmentConfig
-from tgdfer.features import TEST_VIEW, TRAIN_VIEW
-from tgdfer.preprocess import AugmentDraw, augment_view, clip_view, draw_augment, normalize
-from tgdfer.sampling import centre_indices, train_indices, view_rng
-from tgdfer.video import ClipError, read_sampled
+from tgdfer.data.preprocess import AugmentDraw, augment_view, clip_view, draw_augment, normalize
+from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, centre_indices, train_indices, view_rng
+from tgdfer.data.video import ClipError, read_sampled
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class ClipViews(Dataset):
         if not self.face_crop:
             return decoded, dict.fromkeys(decoded, True)
         if self._cropper is None:  # built in the worker process, on first use
-            from tgdfer.faces import FaceCropper
+            from tgdfer.data.faces import FaceCropper
 
             self._cropper = FaceCropper()
         return self._cropper.crop_clip(decoded)

@@ -3,7 +3,7 @@
 
 A clip goes through exactly the code stage 1 used for the run's cache: ``views.ClipViews`` with no train views
 (the test view: T segment-centre frames, CLIP's resize and centre crop) and ``views.encode_frames`` with the run's
-CLIP weights (``runs.load_run`` checks their SHA-256). Raw videos get a face crop first (``tgdfer.faces``);
+CLIP weights (``runs.load_run`` checks their SHA-256). Raw videos get a face crop first (``tgdfer.data.faces``);
 frame folders of face crops (DFEW, FERV39k) should pass ``face_crop=False``, as their cache was made without one.
 
 Batching: DataLoader workers decode and crop clips in parallel; ``batch_clips`` clips at a time go through the
@@ -23,16 +23,14 @@ import torch
 from tqdm import tqdm
 
 from tgdfer.backbone import FrozenClip
-from tgdfer.config import AugmentConfig
+from tgdfer.config import AugmentConfig, PredictConfig
+from tgdfer.data.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 from tgdfer.devices import resolve_dtype
-from tgdfer.engine import predict_views
-from tgdfer.plots import influence_png, minmax
-from tgdfer.runs import TrainedRun, load_run
-from tgdfer.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
-
-
-class PredictError(RuntimeError):
-    """An input that ``explain`` cannot draw (unreadable, or not a clip); the message names it and says why."""
+from tgdfer.errors import ConfigError, PredictError
+from tgdfer.model.inference import predict_features
+from tgdfer.model.influence import minmax
+from tgdfer.plots import influence_png
+from tgdfer.train.runs import TrainedRun, load_run
 
 
 def _image_encoder(run: TrainedRun) -> FrozenClip:
@@ -107,9 +105,9 @@ def _run_clips(
     """Predict every path with a loaded run; with ``keep``, ok results also carry "_frames" (T, S, S, 3) uint8
     (the crops the model saw) and "_scores" (T, C) float (every class's influence)."""
     if batch_clips < 1:
-        raise ValueError(f"batch_clips: expected at least 1, found {batch_clips}")
+        raise ConfigError(f"batch_clips: expected at least 1, found {batch_clips}")
     if face_crop:
-        from tgdfer.faces import cascade_path
+        from tgdfer.data.faces import cascade_path
 
         cascade_path()  # a missing cascade fails once, here, not inside every worker
     clip = _image_encoder(run)
@@ -127,7 +125,7 @@ def _run_clips(
         pixels = torch.cat([item["frames"] for item in items])  # B x (T, S, S, 3) -> (B*T, S, S, 3)
         features = encode_frames(clip, pixels, batch_size=len(pixels))  # one encoder call: (B*T, D) fp16
         features = features.view(len(items), frames, -1)  # (B*T, D) -> (B, T, D)
-        out = predict_views(run.model, features, amp=run.config.train.amp, batch_size=len(items))  # one model call
+        out = predict_features(run.model, features, amp=run.config.train.amp, batch_size=len(items))  # one model call
         probs, scores = out["probs"].cpu().numpy(), out["scores"].cpu().numpy()  # (B, C), (B, T, C)
         for b, item in enumerate(items):
             row = int(item["row"])
@@ -153,45 +151,30 @@ def _run_clips(
     return [r for r in results if r is not None]
 
 
-def predict(
-    paths: list[str],
-    run_dir: str,
-    device: str = "auto",
-    face_crop: bool = True,
-    batch_clips: int = 16,
-    workers: int = -1,
-    clip_source: str | None = None,
-) -> list[dict]:
-    """Classify each clip (a video file or a folder of frames) with the trained run in ``run_dir``.
+def predict(paths: list[str], cfg: PredictConfig) -> list[dict]:
+    """Classify each clip (a video file or a folder of frames) with the trained run ``cfg.run``.
 
     Returns one dict per input, in input order: path, ok, error (the reason when ok is False, else None),
     predicted (class name), probabilities {class: p}, frame_indices (T sampled frame numbers), influence (T raw
     instance scores of the predicted class), influence_norm (the same, min-max normalised, Eq. 12), face_crop,
     face_found (T bools), frames_without_face, num_frames (frames in the clip), warning (about faces, or None).
     """
-    run = load_run(run_dir, device, clip_source)
-    return _run_clips(run, list(paths), face_crop, batch_clips, workers)
+    run = load_run(cfg.run, cfg.device, cfg.clip)
+    return _run_clips(run, list(paths), cfg.face_crop, cfg.batch_clips, cfg.workers)
 
 
-def explain(
-    path: str,
-    run_dir: str,
-    png: str,
-    device: str = "auto",
-    face_crop: bool = True,
-    clip_source: str | None = None,
-    target: str | None = None,
-) -> dict:
+def explain(path: str, cfg: PredictConfig, png: str, target: str | None = None) -> dict:
     """Draw the paper's Fig. 4 for one clip: its T sampled frames (the 224 x 224 crops the model saw) and the
     min-max normalised influence (Eq. 12) of each on the predicted class, or on ``target``, as a colour bar.
 
     Returns ``predict``'s dict with influence and influence_norm for the explained class, plus "explained"
     (that class) and "png" (the written path). Raises PredictError when the clip cannot be read.
     """
-    run = load_run(run_dir, device, clip_source)
+    run = load_run(cfg.run, cfg.device, cfg.clip)
+    face_crop = cfg.face_crop
     names = run.class_names
     if target is not None and target not in names:
-        raise ValueError(f"--target: expected one of the run's classes {list(names)}, found {target!r}")
+        raise ConfigError(f"--target: expected one of the run's classes {list(names)}, found {target!r}")
     result = _run_clips(run, [path], face_crop, batch_clips=1, workers=0, keep=True)[0]
     if not result["ok"]:
         raise PredictError(f"cannot explain {path}: {result['error']}")

@@ -16,18 +16,16 @@ A frame mask (B, T) restricts every reading to chosen frames (Table 6); masked f
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from tgdfer.errors import ConfigError
+from tgdfer.model.influence import scaled_cosine
 
 MODES = ("attention", "mean", "topk")
 
 
 def instance_scores(xi: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(X^I_t, X^P~_k) / tau: (B, T, D), (B, C, D) -> (B, T, C), in fp32.
-
-    Outside autocast: a bf16 cosine times 1/tau = 100 would carry about +-0.4 of rounding into the logits.
-    """
-    with torch.autocast(xi.device.type, enabled=False):
-        return F.normalize(xi.float(), dim=-1) @ F.normalize(labels.float(), dim=-1).transpose(1, 2) / tau
+    """Eq. 11 per frame, cos(X^I_t, X^P~_k) / tau: (B, T, D), (B, C, D) -> (B, T, C), in fp32."""
+    return scaled_cosine(xi, labels, tau)
 
 
 def aggregate(
@@ -39,7 +37,7 @@ def aggregate(
 ) -> torch.Tensor:
     """(B, T, C) instance scores, (B, T, C) attention logits over T [, (B, T) bool mask] -> (B, C) bag logits."""
     if mode not in MODES:
-        raise ValueError(f"model.mil: expected one of {MODES}, found {mode!r}")
+        raise ConfigError(f"model.mil: expected one of {', '.join(MODES)}, found {mode!r}")
     mask = None if frame_mask is None else frame_mask[:, :, None]  # (B, T, 1)
     if mode == "attention":
         a = weight_logits if mask is None else weight_logits.masked_fill(~mask, float("-inf"))
