@@ -10,7 +10,7 @@ from pathlib import Path
 import tgdfer
 
 LAYERS = [
-    ("tgdfer", "tgdfer.errors", "tgdfer.config", "tgdfer.labels", "tgdfer.atomic", "tgdfer.devices"),
+    ("tgdfer", "tgdfer.errors", "tgdfer.config", "tgdfer.labels", "tgdfer.atomic", "tgdfer.locks", "tgdfer.devices"),
     ("tgdfer.backbone", "tgdfer.data"),
     ("tgdfer.features",),
     ("tgdfer.model", "tgdfer.plots"),

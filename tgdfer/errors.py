@@ -62,5 +62,9 @@ class PredictError(TgdferError):
     """An input that predict or explain cannot use (unreadable, or not a clip); names it and says why."""
 
 
+class BusyError(TgdferError):
+    """An output (cache shard or entry, run directory) that another live process is writing; names its pid."""
+
+
 class ClipError(Exception):
     """One clip whose frames cannot be read. Not a user error: stage 1 records it as a failure and goes on."""
