@@ -216,6 +216,15 @@ def info(features: Annotated[Path, typer.Argument(help="Entry file of a stage-1 
     print(describe(str(features)))
 
 
+@app.command()
+def verify(features: Annotated[Path, typer.Argument(help="Entry file of a stage-1 cache")]) -> None:
+    """Check a feature cache in full: its entry and every shard's size, digest over the data, finite values."""
+    from tgdfer.features.cache import verify_cache
+
+    result = verify_cache(path=str(features))
+    print(f"{result['entry']}: {result['shards']} shards, {result['views']} views, {result['bytes']:,} bytes verified")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status instead of raising SystemExit when called from Python."""
     try:

@@ -10,25 +10,33 @@ Layout of an entry file (``cache/dfew.h5``); V views, C clips, S splits, T frame
     clips/id, clips/path      (C,) str;   clips/label (C,) int16; clips/num_frames (C,) int32
     clips/membership  (C, S)    int8      0 absent, 1 train, 2 test, per split (DFEW: the five folds)
     failures/id, failures/path, failures/reason   clips skipped, with why
-    shards/file, shards/digest, shards/views      the shards behind ``features``, checked on every open
-    attrs: model, weights hash, T, D, sampling, preprocessing, augmentation, dataset, classes, splits, version
+    shards/file, shards/digest, shards/views, shards/size   the shards behind ``features``, checked on every open
+    attrs: model, weights hash, T, D, sampling, preprocessing, augmentation, dataset, classes, splits, version,
+           entry_digest (SHA-256 of every other dataset and attribute of the entry)
 
 Shards (``<entry stem>.shards/shard-00012.h5``) hold a fixed slice of the annotation rows each and are committed
-atomically. The reader refuses an entry whose shards are missing or differ from what it recorded, and checks the
-loaded features for NaN, so no read ever returns fill values.
+atomically. Integrity: ``load_cache`` refuses an entry whose own digest does not match (a flipped byte in a view's
+clip index), whose shards are missing or of another size or header digest than it recorded, or whose shard data
+do not hash to their digest (a flipped byte in the features; checked once per shard per process); then it refuses
+non-finite features, naming the view. ``verify_cache`` (``tgdfer verify``) runs the same checks shard by shard
+without loading the cache and lists every shard that fails. Both HDF5 files are built in memory and committed with
+plain writes (``tgdfer.atomic.write_bytes``), so a full disk is one ``OSError``, never a crash inside h5py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from tgdfer.atomic import committed
+from tgdfer.atomic import write_bytes
 from tgdfer.errors import CacheError
 
 FORMAT_VERSION = 1
@@ -82,10 +90,19 @@ def _digest(data: ShardData) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _h5_commit(path: str | Path) -> Iterator[h5py.File]:
+    """An HDF5 file built in memory, committed as ``path`` when the block ends (see the module docstring)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        yield f
+    write_bytes(path, buffer.getbuffer())
+
+
 def write_shard(path: str | Path, data: ShardData, fingerprint: str, settings: dict) -> str:
     """Commit one shard atomically; returns its digest."""
     digest = _digest(data)
-    with committed(path) as tmp, h5py.File(tmp, "w") as f:
+    with _h5_commit(path) as f:
         for name in _SHARD_ARRAYS:
             f.create_dataset(name, data=getattr(data, name))
         f.create_dataset("failed_reasons", data=np.array(data.failed_reasons, dtype=object), dtype=_STR)
@@ -153,7 +170,7 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
             layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, frames, dim))
         start += n
 
-    with committed(entry) as tmp, h5py.File(tmp, "w") as f:
+    with _h5_commit(entry) as f:
         f.create_virtual_dataset("features", layout, fillvalue=np.float16(np.nan))
         f["views/clip"] = row_to_clip[view_rows].astype(np.int32)
         f["views/kind"] = np.concatenate([s.view_kind for s in shards]).astype(np.int8)
@@ -174,6 +191,7 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
         )
         f.create_dataset("shards/digest", data=_strings(h["digest"] for h in headers), dtype=_STR)
         f["shards/views"] = np.array([h["views"] for h in headers], dtype=np.int64)
+        f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
         f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
         f.attrs.update(
             format_version=FORMAT_VERSION,
@@ -184,6 +202,7 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
             dataset=annotations.dataset,
             annotations_sha256=annotations.sha256(),
         )
+        f.attrs["entry_digest"] = _entry_digest(f)
     return {
         "clips": len(ok_rows),
         "views": n_views,
@@ -272,19 +291,126 @@ class FeatureCache:
         return {int(c): v for c, v in zip(clips, np.split(chosen, starts[1:]), strict=True)}
 
 
-def _check_shards(f: h5py.File, entry: Path) -> None:
-    for rel, digest in zip(_text(f["shards/file"][()]), _text(f["shards/digest"][()]), strict=True):
-        path = entry.parent / rel
+def _entry_digest(f: h5py.File) -> str:
+    """SHA-256 of the entry's own datasets (not the virtual features) and attributes, in name order."""
+    h = hashlib.sha256()
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and not obj.is_virtual else None)
+    for name in sorted(names):
+        a = f[name][()]
+        data = b"\x00".join(v if isinstance(v, bytes) else str(v).encode() for v in a) if a.dtype == object else None
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes() if data is None else data)
+    for key in sorted(k for k in f.attrs if k != "entry_digest"):
+        v = f.attrs[key]
+        h.update(f"{key}|{type(v).__name__}|".encode())
+        h.update(v.encode() if isinstance(v, str) else v if isinstance(v, bytes) else np.asarray(v).tobytes())
+    return h.hexdigest()
+
+
+_RERUN = "rerun the same extract command: it re-encodes only shards that fail their check and rewrites the entry"
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One shard as the entry recorded it."""
+
+    path: Path
+    digest: str
+    views: int
+    size: int
+    start: int  # its first view in ``features``
+
+
+def _entry_shards(f: h5py.File, entry: Path) -> list[_Shard]:
+    """The entry's shard records, after checking the entry against its own digest."""
+    if "entry_digest" not in f.attrs or "shards/size" not in f:
+        raise CacheError(
+            f"{entry}: expected an entry with integrity records (entry_digest, shards/size), found one written by an "
+            f"earlier tgdfer; {_RERUN}"
+        )
+    stored, actual = _attr(f.attrs["entry_digest"]), _entry_digest(f)
+    if stored != actual:
+        raise CacheError(
+            f"{entry}: expected entry digest {stored[:12]}, found {actual[:12]}: the entry file is damaged (views, "
+            f"clips or attributes changed on disk); {_RERUN}"
+        )
+    views = f["shards/views"][()]
+    starts = np.concatenate([[0], np.cumsum(views)[:-1]]).astype(np.int64)
+    return [
+        _Shard(entry.parent / rel, digest, int(n), int(size), int(start))
+        for rel, digest, n, size, start in zip(
+            _text(f["shards/file"][()]), _text(f["shards/digest"][()]), views, f["shards/size"][()], starts, strict=True
+        )
+    ]
+
+
+def _shard_header_problem(shard: _Shard) -> str | None:
+    """The cheap check on open: the shard exists, has the recorded size and the recorded digest in its header."""
+    path = shard.path
+    if not path.is_file():
+        return f"shard {path} is missing"
+    size = path.stat().st_size
+    if size != shard.size:
+        return f"expected shard {path} of {shard.size} bytes, found {size} bytes: it is damaged or was rewritten"
+    header = shard_header(path)
+    if header is None:
+        return f"shard {path} is unreadable (damaged HDF5)"
+    if header["digest"] != shard.digest:
+        return (
+            f"shard {path} has digest {header['digest'][:12]}, the entry expects {shard.digest[:12]}: "
+            "the shard was rewritten after the entry"
+        )
+    return None
+
+
+def shard_data_problem(path: str | Path, features: np.ndarray | None = None) -> str | None:
+    """Why a committed shard's data do not hash to the digest in its header (None: they do).
+
+    ``features`` (its (V, T, D) rows, as read through the entry) saves reading them again from the shard.
+    """
+    try:
         header = shard_header(path)
         if header is None:
+            return "unreadable"
+        data = read_shard(path, features=features is None)
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0][:80]})"
+    if features is not None:
+        data = replace(data, features=features)
+    actual = _digest(data)
+    if actual != header["digest"]:
+        return f"data hash to {actual[:12]}, its digest is {header['digest'][:12]}: damaged on disk"
+    return None
+
+
+_VERIFIED: set[tuple] = set()  # (shard path, size, mtime, digest) whose data this process has hashed
+
+
+def _check_shard_data(shard: _Shard, entry: Path, features: np.ndarray) -> None:
+    """The data check, once per shard per process: ``features`` are the entry's rows of this shard."""
+    st = shard.path.stat()
+    key = (str(shard.path.resolve()), st.st_size, st.st_mtime_ns, shard.digest)
+    if key in _VERIFIED:
+        return
+    problem = shard_data_problem(shard.path, features)
+    if problem is not None:
+        raise CacheError(f"{entry}: shard {shard.path} fails its check ({problem}); {_RERUN}")
+    _VERIFIED.add(key)
+
+
+def _check_finite(features: np.ndarray, shards: list[_Shard], entry: Path, clip_ids, view_clip) -> None:
+    """Refuse NaN or Inf features, naming the first such view, its clip and its shard."""
+    for start in range(0, len(features), 4096):
+        bad = ~np.isfinite(features[start : start + 4096]).all(axis=(1, 2))  # (chunk,) views with a non-finite value
+        if bad.any():
+            view = start + int(np.argmax(bad))
+            what = "NaN" if np.isnan(features[view]).any() else "Inf"
+            shard = next(s for s in reversed(shards) if s.start <= view)
             raise CacheError(
-                f"{entry}: shard {path} is missing or unreadable. Rerun the same extract command: it "
-                "redoes only missing shards"
-            )
-        if header["digest"] != digest:
-            raise CacheError(
-                f"{entry}: shard {path} has digest {header['digest'][:12]}, the entry expects "
-                f"{digest[:12]}: the shard was rewritten after the entry. Rerun extract to rewrite it"
+                f"{entry}: expected finite features, found {what} at view {view} (clip {clip_ids[view_clip[view]]}, "
+                f"shard {shard.path}), which matches its digest: it was encoded so (fp16 overflow?). Re-extract "
+                "with --overwrite, with --precision fp32 if it was fp16"
             )
 
 
@@ -317,19 +443,25 @@ def load_cache(path: str | Path) -> FeatureCache:
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")
-        _check_shards(f, path)
+        shards = _entry_shards(f, path)
+        for shard in shards:
+            problem = _shard_header_problem(shard)
+            if problem is not None:
+                raise CacheError(f"{path}: {problem}; {_RERUN}")
         features = f["features"][()]
-        for start in range(0, len(features), 4096):
-            if np.isnan(features[start : start + 4096]).any():
-                raise CacheError(f"{path}: features hold NaN (fill values of an unreadable shard) near view {start}")
+        for shard in shards:
+            _check_shard_data(shard, path, features[shard.start : shard.start + shard.views])
+        view_clip = f["views/clip"][()].astype(np.int64)
+        clip_ids = _text(f["clips/id"][()])
+        _check_finite(features, shards, path, clip_ids, view_clip)
         return FeatureCache(
             path=str(path),
             features=features,
-            view_clip=f["views/clip"][()].astype(np.int64),
+            view_clip=view_clip,
             view_kind=f["views/kind"][()],
             view_index=f["views/index"][()],
             view_frames=f["views/frames"][()],
-            clip_ids=_text(f["clips/id"][()]),
+            clip_ids=clip_ids,
             clip_paths=_text(f["clips/path"][()]),
             labels=f["clips/label"][()].astype(np.int64),
             num_frames=f["clips/num_frames"][()],
@@ -344,3 +476,44 @@ def load_cache(path: str | Path) -> FeatureCache:
             ),
             attrs={k: _attr(v) for k, v in f.attrs.items()},
         )
+
+
+def verify_cache(path: str | Path) -> dict:
+    """``tgdfer verify``: the full check of a cache, shard by shard, without loading it whole.
+
+    Checks the entry's digest, then every shard's presence, size, header digest, data digest and finiteness.
+    Returns {"entry", "shards", "views", "bytes"} when all pass; otherwise raises one ``CacheError`` that counts
+    the failing shards and names the first three with why.
+    """
+    path = Path(path)
+    with _open_entry(path) as f:
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")
+        shards = _entry_shards(f, path)
+    problems = []
+    for shard in shards:
+        problem = _shard_header_problem(shard)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        problem = shard_data_problem(shard.path)
+        if problem is None:
+            with h5py.File(shard.path, "r") as g:
+                features = g["features"][()]
+            bad = ~np.isfinite(features).all(axis=(1, 2))  # (V,) views holding NaN or Inf
+            if bad.any():
+                problem = f"view {shard.start + int(np.argmax(bad))} holds NaN or Inf features"
+        if problem is not None:
+            problems.append(f"shard {shard.path}: {problem}")
+    if problems:
+        raise CacheError(
+            f"{path}: expected every shard to pass its check, found {len(problems)} of {len(shards)} failing: "
+            f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}; {_RERUN}"
+        )
+    return {
+        "entry": str(path),
+        "shards": len(shards),
+        "views": sum(s.views for s in shards),
+        "bytes": sum(s.size for s in shards),
+    }
