@@ -9,13 +9,20 @@ failures CSV beside it.
 Under ``torchrun --nproc-per-node N`` rank r takes shards r, r+N, ...; all ranks meet at a barrier and rank 0
 writes the entry. Because shards and batches are fixed by the annotation order alone, one process, N processes,
 and a resumed run all write the same features.
+
+Faults: each process locks the shards it plans (``tgdfer.locks``; rank 0 also the entry) before it touches them,
+so a second extract to the same --out stops in one line naming the owner's pid, whatever the two jobs' rank
+layouts; a rerun re-encodes any committed shard whose data fail their digest, removes dead writers' temporary
+files, and a full disk stops the run in one line with the committed shards kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
+import io
 import json
 import math
 import time
@@ -27,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from tgdfer import __version__
-from tgdfer.atomic import committed, remove_stale_temporaries
+from tgdfer.atomic import is_disk_full, remove_stale_temporaries, write_text
 from tgdfer.backbone import load_clip
 from tgdfer.config import ExtractConfig
 from tgdfer.data.datasets import read_annotations
@@ -39,12 +46,14 @@ from tgdfer.errors import ExtractError
 from tgdfer.features.cache import (
     FORMAT_VERSION,
     ShardData,
+    shard_data_problem,
     shard_dir,
     shard_header,
     shard_path,
     write_entry,
     write_shard,
 )
+from tgdfer.locks import exclusive, lock_path
 
 
 @dataclass
@@ -81,12 +90,25 @@ def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict
     }
 
 
-def _plan_shards(cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str) -> tuple[list[int], list[int]]:
-    """(shards this rank must encode, shards this rank finds already committed)."""
+def _lock_outputs(entry: Path, mine: list[int], me: Ranks, held: contextlib.ExitStack) -> None:
+    """Lock this rank's shards (and on rank 0 the entry) for the rest of the run; see the module docstring."""
+    if me.rank == 0:
+        held.enter_context(exclusive(lock_path(entry), f"{entry}"))
+        remove_stale_temporaries(entry.parent, entry.name)
+        remove_stale_temporaries(entry.parent, f"{entry.stem}.failures.csv")
+    for k in mine:
+        held.enter_context(exclusive(lock_path(shard_path(entry, k)), f"{entry}: shard {k}"))
+
+
+def _plan_shards(
+    cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str, held: contextlib.ExitStack
+) -> tuple[list[int], list[int]]:
+    """(shards this rank must encode, shards this rank finds already committed and sound); locks them in ``held``."""
     entry = Path(cfg.out)
     n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
     mine = list(range(me.rank, n_shards, me.world))
     shard_dir(entry).mkdir(parents=True, exist_ok=True)
+    _lock_outputs(entry, mine, me, held)
     if cfg.overwrite:
         for k in mine:
             shard_path(entry, k).unlink(missing_ok=True)
@@ -107,6 +129,10 @@ def _plan_shards(cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str) 
                 f"annotations, ...). Expected settings hash {fingerprint[:12]}, found {header['fingerprint'][:12]}. "
                 "Pass --overwrite to redo it, or choose another --out"
             )
+        elif (problem := shard_data_problem(shard_path(entry, k))) is not None:
+            print(f"[rank {me.rank}] {shard_path(entry, k)} fails its check ({problem}): re-encoding it", flush=True)
+            shard_path(entry, k).unlink()
+            todo.append(k)
         else:
             done.append(k)
     return todo, done
@@ -237,16 +263,35 @@ def _write_outputs(cfg: ExtractConfig, annotations, clip, settings: dict, n_shar
     }
     totals = write_entry(entry, annotations, files, attrs)
     failures_csv = entry.with_name(f"{entry.stem}.failures.csv")
-    with committed(failures_csv) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "path", "reason"])
-        writer.writerows(totals.pop("failed"))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["id", "path", "reason"])
+    writer.writerows(totals.pop("failed"))
+    write_text(failures_csv, text.getvalue())
     totals["failures_csv"] = str(failures_csv)
     return totals
 
 
+def _disk_full(exc: OSError, entry: Path) -> ExtractError:
+    committed_shards = len(list(shard_dir(entry).glob("shard-*.h5")))
+    return ExtractError(
+        f"no space left on the device holding {exc.filename or entry.parent}; {committed_shards} shards are "
+        f"committed in {shard_dir(entry)}, free space and rerun the same command (it keeps them)"
+    )
+
+
 def extract(cfg: ExtractConfig) -> dict:
     """Run stage 1 as configured; returns the summary figures (also printed as one line)."""
+    try:
+        with contextlib.ExitStack() as held:  # the output locks, released when the run ends however it ends
+            return _extract(cfg, held)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise _disk_full(exc, Path(cfg.out)) from None
+        raise
+
+
+def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     me = ranks()
     if cfg.frames < 1 or cfg.views < 0 or cfg.shard_clips < 1 or cfg.batch_size < 1:
         raise ExtractError(
@@ -268,7 +313,7 @@ def extract(cfg: ExtractConfig) -> dict:
     settings = _settings(cfg, annotations, clip, dtype)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
-    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint)
+    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, held)
     if done:
         print(f"[rank {me.rank}] resuming: {len(done)} committed shards kept, {len(todo)} to encode", flush=True)
     stats = _encode_shards(cfg, annotations, clip, todo, fingerprint, settings, me)
