@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdfer.atomic import write_text
+from tgdfer.atomic import is_disk_full, remove_stale_temporaries, write_text
 from tgdfer.backbone import FrozenClip, load_clip
 from tgdfer.config import RunConfig, TrainConfig
 from tgdfer.devices import autocast, resolve_device
 from tgdfer.errors import CacheError, TrainingError
 from tgdfer.features.cache import FeatureCache, load_cache
+from tgdfer.locks import exclusive
 from tgdfer.model.inference import predict_features
 from tgdfer.model.network import TGDFER, count_parameters
 from tgdfer.train.metrics import Scores, scores, summarize
@@ -144,7 +145,27 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train one run and write its directory (``tgdfer.train.runs``); returns the final metrics (metrics.json)."""
+    """Train one run and write its directory (``tgdfer.train.runs``); returns the final metrics (metrics.json).
+
+    The run directory belongs to this process while it trains (a second one is refused, naming this pid); dead
+    writers' temporary files in it are removed first, and a full disk stops the run in one line.
+    """
+    run = RunDir(Path(cfg.out))
+    with exclusive(run.lock, f"run directory {run.path}"):
+        remove_stale_temporaries(run.path)
+        try:
+            return _fit(cfg, resume, cache, clip, on_epoch_end, log)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            epochs = load_checkpoint(run.checkpoint)["epoch"] if run.checkpoint.is_file() else 0
+            raise TrainingError(
+                f"no space left on the device holding {exc.filename or run.path}; {epochs} epochs are checkpointed "
+                f"in {run.checkpoint}, free space and rerun with --resume"
+            ) from None
+
+
+def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
     from tgdfer.plots import confusion_png, curves_png
 
     run = RunDir(Path(cfg.out))

@@ -8,6 +8,7 @@ A run directory (``tgdfer train --out DIR``) holds::
     metrics.json    the final epoch's metrics (the run is done when it exists)
     confusion.png, curves.png
     error.txt       a sweep's record of why this run failed (tgdfer ablate)
+    .lock           while a process trains it: that process's pid (``tgdfer.locks``)
 
 A checkpoint is loaded with ``torch.load(weights_only=True)``: config, cache identity and history are JSON text
 and the scheduler's state plain lists, so loading a file never runs code, and a file that is not a tgdfer
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from tgdfer import __version__
-from tgdfer.atomic import committed, write_text
+from tgdfer.atomic import write_bytes, write_text
 from tgdfer.backbone import FrozenClip, load_clip
 from tgdfer.config import RunConfig, from_dict, to_dict
 from tgdfer.devices import resolve_device
@@ -79,7 +80,7 @@ def build_model(
 
 
 CONFIG, LOG, CHECKPOINT, METRICS = "config.json", "log.csv", "checkpoint.pt", "metrics.json"
-CONFUSION, CURVES, ERROR = "confusion.png", "curves.png", "error.txt"
+CONFUSION, CURVES, ERROR, LOCK = "confusion.png", "curves.png", "error.txt", ".lock"
 CHECKPOINT_FORMAT = 2  # 2: weights_only-loadable (JSON config, plain scheduler state); 1 was pickled objects
 
 
@@ -108,6 +109,10 @@ class RunDir:
     @property
     def error(self) -> Path:
         return self.path / ERROR
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
 
     def status(self) -> str:
         """done (metrics.json) | partial (a checkpoint) | failed earlier (error.txt only) | new."""
@@ -171,8 +176,9 @@ def save_checkpoint(
         "config": json.dumps(to_dict(cfg), default=list),
         "cache": json.dumps(identity, default=list),
     }
-    with committed(run.checkpoint) as tmp:
-        torch.save(state, tmp)
+    buffer = io.BytesIO()  # built in memory: a full disk is then one OSError from write_bytes, naming the file
+    torch.save(state, buffer)
+    write_bytes(run.checkpoint, buffer.getbuffer())
 
 
 _CHECKPOINT_KEYS = frozenset(
