@@ -8,17 +8,23 @@ with metrics.json is reused, one with only checkpoint.pt continues from it. A ru
 (its traceback) and the sweep goes on; a rerun retries it.
 
 ``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
-loading the cache and CLIP once, spread over the GPUs round-robin. The report is ``<out>/table<N>.md`` and
-``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs behind each, the paper's figures.
+loading the cache and CLIP once, spread over the GPUs round-robin. Workers die with the sweep (``_die_with_parent``):
+a killed sweep leaves no orphan training on, and each run directory is locked by the process training it. The
+report is ``<out>/table<N>.md`` and ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs
+behind each, the paper's figures.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -92,8 +98,30 @@ def _duration(seconds: float) -> str:
 _STATE: dict = {}
 
 
-def _init_worker(slots, device: str, threads: int) -> None:
-    """Pool initializer: take a worker number; pick its GPU (round-robin) and its share of the CPU threads."""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """End this process when ``parent`` dies, however it dies (kill -9 included).
+
+    On Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG); a daemon thread that polls
+    the parent pid covers other systems and a parent that died before the prctl call.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)  # orphaned: stop at once, leaving committed checkpoints for the rerun
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(slots, device: str, threads: int, parent: int) -> None:
+    """Pool initializer: die with the sweep; take a worker number; pick its GPU (round-robin) and CPU threads."""
+    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -169,7 +197,7 @@ def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str
     for i in range(workers):
         slots.put(i)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = cf.ProcessPoolExecutor(workers, ctx, _init_worker, (slots, device, threads))
+    pool = cf.ProcessPoolExecutor(workers, ctx, _init_worker, (slots, device, threads, os.getpid()))
     try:
         futures = {pool.submit(_train, cfg, resume(cfg)): key for key, (cfg, _) in todo.items()}
         for n, future in enumerate(cf.as_completed(futures), 1):
