@@ -33,7 +33,12 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     """auto -> cuda:<local rank> when CUDA is present, else cpu; other values are passed to torch.device."""
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, found {spec!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device: expected a device this machine has, found {spec!r} but CUDA is not available")
     if device.type == "cuda" and device.index is None:

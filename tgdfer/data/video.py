@@ -34,6 +34,20 @@ def list_frames(folder: str | Path) -> list[Path]:
     return sorted(files, key=frame_sort_key)
 
 
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+def _truncated_jpeg(path: Path) -> bool:
+    """Whether ``path`` is a JPEG cut short: no end-of-image marker in its last KiB (OpenCV decodes such a file,
+    greying what is missing, and only warns on stderr)."""
+    with open(path, "rb") as fh:
+        if fh.read(3) != _JPEG_START:
+            return False
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - 1024))
+        return _JPEG_END not in fh.read()
+
+
 def _to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
@@ -62,6 +76,8 @@ class FrameFolder:
             image = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
             if image is None:
                 raise ClipError(f"frame file could not be decoded: {self.files[i]}")
+            if _truncated_jpeg(self.files[i]):
+                raise ClipError(f"frame file is a truncated JPEG (no end-of-image marker): {self.files[i]}")
             frames[i] = _to_rgb(image)
         return frames
 
