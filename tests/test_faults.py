@@ -555,3 +555,25 @@ def test_a_real_full_disk_during_extraction(tmp_path, dfew_root, tiny_clip_path,
         assert np.array_equal(load_cache(out).features, load_cache(extracted).features)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_every_torchrun_rank_stops_when_one_finds_its_shard_taken(tmp_path, dfew_root, tiny_clip_path):
+    out = tmp_path / "c.h5"
+    holder = _holder(lock_path(shard_path(out, 1)))  # rank 1 of 2 plans shards 1 and 3
+    try:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        argv = ["extract", "--dataset", "dfew", "--root", str(dfew_root), "--out", str(out)]
+        argv += ["--clip", str(tiny_clip_path), "--views", "1", "--workers", "0", "--shard-clips", "3"]
+        run = subprocess.run(
+            [*torchrun, "-m", "tgdfer", *argv],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    expected = f"error: {out}: shard 1: expected no other tgdfer process writing it, found process {holder.pid}"
+    assert run.returncode != 0 and run.stderr.count(expected) == 2, run.stderr[-3000:]
+    assert not out.exists() and not list(shard_dir(out).glob("shard-*.h5"))

@@ -42,7 +42,7 @@ from tgdfer.data.preprocess import augment_description, describe
 from tgdfer.data.sampling import SAMPLING_RULE
 from tgdfer.data.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 from tgdfer.devices import Ranks, dtype_name, ranks, resolve_device, resolve_dtype
-from tgdfer.errors import ExtractError
+from tgdfer.errors import BusyError, ExtractError
 from tgdfer.features.cache import (
     FORMAT_VERSION,
     ShardData,
@@ -313,7 +313,17 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     settings = _settings(cfg, annotations, clip, dtype)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
-    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, held)
+    busy = None
+    try:
+        todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, held)
+    except BusyError as exc:
+        busy = str(exc)
+    if me.world > 1:  # every rank stops if one found its outputs taken (not only that rank, leaving the rest waiting)
+        found = [None] * me.world
+        torch.distributed.all_gather_object(found, busy)
+        busy = next((b for b in found if b is not None), None)
+    if busy is not None:
+        raise BusyError(busy)
     if done:
         print(f"[rank {me.rank}] resuming: {len(done)} committed shards kept, {len(todo)} to encode", flush=True)
     stats = _encode_shards(cfg, annotations, clip, todo, fingerprint, settings, me)
