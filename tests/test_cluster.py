@@ -113,8 +113,9 @@ def test_kill_a_task_then_resubmit_gives_the_local_pools_table(cache, reference,
     assert (out / "table3.csv").read_text() == reference[1]
     assert not any(Path(d, "error.txt").exists() for r in again["rows"] for d in r["run_dirs"])
 
+    submitted = sum(line.startswith("submitted") for line in lines)
     third = run_table(_sweep(cache, out, runs_per_task=2), log=lines.append)
-    assert third["ran"] == 0 and not lines[-1].startswith("submitted")  # nothing left to submit
+    assert third["ran"] == 0 and sum(line.startswith("submitted") for line in lines) == submitted == 2
 
 
 def test_a_preempted_task_requeues_and_resumes_from_its_checkpoint(cache, reference, tmp_path):
@@ -137,9 +138,12 @@ def test_train_all_folds_as_an_array_job(cache, reference, tmp_path, capsys):
     args = ["train", "--features", cache, "--fold", "all", "--out", str(out), "--device", "cpu"]
     args += ["--launcher", "slurm", "--slurm-gpus", "0", "--slurm-cpus", "1", "--set", "launcher.cluster=local"]
     args += [item for s in FAST for item in ("--set", s)]
+    args += ["--set", "launcher.runs_per_task=2", "--set", "launcher.runs_per_gpu=2"]  # both folds in one task
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "submitted 2 runs as 2 array tasks of up to 1 runs (local, job " in printed
+    assert "submitted 2 runs as 1 array tasks of up to 2 runs (local, job " in printed
+    (log,) = (out / "slurm").glob("*_log.out")
+    assert ": 2 of 2 runs to train, 2 at once on no GPUs, 1 threads each" in log.read_text()
     e = next(r for r in reference[0]["rows"] if r["label"] == "e")  # Table 3 row e is train's defaults
     for fold, run_dir in zip(("1", "2"), e["run_dirs"], strict=True):
         ours, theirs = (json.loads(Path(d, "metrics.json").read_text()) for d in (out / f"fold{fold}", run_dir))

@@ -84,7 +84,6 @@ class _Task:
 
         from tgdfer.sweep import runner
 
-        print(f"tgdfer task on {socket.gethostname()}, pid {os.getpid()}: {len(self.jobs)} runs", flush=True)
         outcomes, todo = {}, {}
         for key, (cfg, label) in self.jobs.items():
             status = RunDir(Path(cfg.out)).status()
@@ -98,6 +97,11 @@ class _Task:
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") and torch.cuda.is_available() else 0
         processes = min(len(todo), self.runs_per_gpu * max(1, gpus))
         threads = max(1, _cores(self.cpus_per_task) // max(1, processes))
+        print(
+            f"tgdfer task on {socket.gethostname()}, pid {os.getpid()}: {len(todo)} of {len(self.jobs)} runs to "
+            f"train, {max(1, processes)} at once on {gpus or 'no'} GPUs, {threads} threads each",
+            flush=True,
+        )
 
         def finish(key: str, outcome: Outcome) -> None:
             cfg, label = self.jobs[key]
