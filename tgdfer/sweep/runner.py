@@ -8,7 +8,8 @@ with metrics.json is reused, one with only checkpoint.pt continues from it. A ru
 (its traceback) and the sweep goes on; a rerun retries it.
 
 ``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
-loading the cache and CLIP once, spread over the GPUs round-robin. The report is ``<out>/table<N>.md`` and
+loading the cache and CLIP once, spread over the GPUs round-robin; a slurm ``launcher`` trains them as one SLURM
+array job instead (``tgdfer.sweep.launchers``). The report is ``<out>/table<N>.md`` and
 ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs behind each, the paper's figures.
 """
 
