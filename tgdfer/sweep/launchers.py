@@ -114,7 +114,7 @@ class _Task:
         if processes <= 1:
             torch.set_num_threads(threads)
             try:
-                for key, cfg in todo.items():  # resume=True continues a checkpoint and starts a new run afresh
+                for key, cfg in todo.items():  # fit(resume=True) where the run directory holds a checkpoint
                     finish(key, runner._train(cfg, RunDir(Path(cfg.out)).checkpoint.exists()))
             finally:
                 runner._STATE.clear()
