@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from tgdfer import __version__
-from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
+from tgdfer.config import ExtractConfig, LauncherConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
 from tgdfer.errors import TgdferError
 
 app = typer.Typer(
@@ -89,6 +89,15 @@ def extract(
     face_crop: Annotated[bool | None, typer.Option(help="Crop faces first (raw videos; default off)")] = None,
     overwrite: Annotated[bool | None, typer.Option(help="Redo committed shards")] = None,
     strict: Annotated[bool | None, typer.Option(help="Stop at the first bad clip instead of skipping it")] = None,
+    shard_range: Annotated[
+        str | None, typer.Option(help="Only shards A..B-1, as A:B; the last process to finish writes the entry")
+    ] = None,
+    array_task: Annotated[
+        int | None, typer.Option(help="This task's block of the shards, e.g. $SLURM_ARRAY_TASK_ID (README Cluster)")
+    ] = None,
+    array_tasks: Annotated[
+        int | None, typer.Option(help="Blocks the shards are cut into, e.g. $SLURM_ARRAY_TASK_COUNT")
+    ] = None,
     set_: Sets = None,
 ) -> None:
     """Stage 1: encode every clip's sampled frames with frozen CLIP into an HDF5 feature cache."""
@@ -97,6 +106,25 @@ def extract(
 
     flags["out"] = out or Path("cache") / f"{dataset}.h5"
     run_extract(_build(ExtractConfig, flags, set_))
+
+
+# Where runs train (LauncherConfig; README "Cluster"), for `train` and `ablate`; --set launcher.<field>=... too.
+Launcher = Annotated[str | None, typer.Option(help="local (this machine) | slurm (an array job through submitit)")]
+SlurmPartition = Annotated[str | None, typer.Option(help="SLURM partition (default: the cluster's)")]
+SlurmGpus = Annotated[int | None, typer.Option(help=f"GPUs per task ({_default(LauncherConfig, 'gpus_per_task')})")]
+SlurmCpus = Annotated[int | None, typer.Option(help=f"CPUs per task ({_default(LauncherConfig, 'cpus_per_task')})")]
+SlurmMemGb = Annotated[float | None, typer.Option(help=f"GB per task ({_default(LauncherConfig, 'mem_gb')})")]
+SlurmTime = Annotated[int | None, typer.Option(help=f"Minutes per task ({_default(LauncherConfig, 'time_min')})")]
+SlurmMaxParallel = Annotated[int | None, typer.Option(help="Tasks at once, 0: no limit (default 0)")]
+RunsPerTask = Annotated[int | None, typer.Option(help="Runs one array task trains (default 1)")]
+RunsPerGpu = Annotated[int | None, typer.Option(help="Of a task's runs, how many train at once per GPU (default 1)")]
+
+
+def _launcher(flags: dict[str, Any], sets: list[str] | None) -> tuple[LauncherConfig, list[str]]:
+    """The LauncherConfig of the flags given and the --set launcher.* items -> (it, the other --set items)."""
+    ours = [s for s in sets or [] if s.strip().startswith("launcher.")]
+    holder = SweepConfig(table="", launcher=_build(LauncherConfig, flags))  # --set keys then read launcher.<field>
+    return apply_overrides(holder, ours).launcher, [s for s in sets or [] if s not in ours]
 
 
 @app.command()
@@ -108,12 +136,30 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights for the text tower (default: the cache's)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint")] = False,
+    launcher: Launcher = None,
+    slurm_partition: SlurmPartition = None,
+    slurm_gpus: SlurmGpus = None,
+    slurm_cpus: SlurmCpus = None,
+    slurm_mem_gb: SlurmMemGb = None,
+    slurm_time: SlurmTime = None,
+    slurm_max_parallel: SlurmMaxParallel = None,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
     from tgdfer.train.engine import train as run_train
 
+    where, set_ = _launcher(
+        {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}
+        | {"mem_gb": slurm_mem_gb, "time_min": slurm_time, "max_parallel": slurm_max_parallel},
+        set_,
+    )
     cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip}, set_)
     cfg = dataclasses.replace(cfg, out=str(out or Path("cache/runs") / f"{Path(cfg.features).stem}-fold{cfg.fold}"))
+    if where.kind == "slurm":
+        from tgdfer.features.cache import folds_of
+        from tgdfer.sweep.launchers import train_folds
+
+        train_folds(cfg, folds_of(cfg.features, cfg.fold), where, resume=resume)
+        return
     run_train(cfg, resume=resume)
 
 
@@ -129,11 +175,27 @@ def ablate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override applied to every row")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the planned runs and their settings, train nothing")] = False,
+    launcher: Launcher = None,
+    slurm_partition: SlurmPartition = None,
+    slurm_gpus: SlurmGpus = None,
+    slurm_cpus: SlurmCpus = None,
+    slurm_mem_gb: SlurmMemGb = None,
+    slurm_time: SlurmTime = None,
+    slurm_max_parallel: SlurmMaxParallel = None,
+    runs_per_task: RunsPerTask = None,
+    runs_per_gpu: RunsPerGpu = None,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
     from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
 
+    where, set_ = _launcher(
+        {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}
+        | {"mem_gb": slurm_mem_gb, "time_min": slurm_time, "max_parallel": slurm_max_parallel}
+        | {"runs_per_task": runs_per_task, "runs_per_gpu": runs_per_gpu},
+        set_,
+    )
     flags = {"table": table, "features": features, "workers": workers, "out": out, "device": device}
+    flags["launcher"] = where
     flags["rows"] = tuple(r.strip() for r in rows.split(",")) if rows else None
     flags["seeds"] = tuple(parse_seeds(seeds)) if seeds else None
     flags["folds"] = tuple(parse_folds(folds)) if folds and folds.strip().lower() != "all" else None

@@ -41,6 +41,7 @@ def _checked(cfg: Any, rules: dict[str, tuple[Any, str]]) -> None:
 
 
 _SECTIONS = {"ModelConfig": "model.", "OptimConfig": "optim.", "TrainConfig": "train.", "AugmentConfig": "augment."}
+_SECTIONS["LauncherConfig"] = "launcher."
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
@@ -56,6 +57,16 @@ def _positive(x) -> bool:
 
 def _at_least(n):
     return lambda x: x >= n
+
+
+def _shard_range_ok(text: str | None) -> bool:
+    """None, or "A:B" with 0 <= A < B."""
+    if text is None:
+        return True
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return False
+    return int(parts[0]) < int(parts[1])
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,27 @@ class ExtractConfig:
     strict: bool = False  # a bad clip stops extraction instead of being skipped and recorded
     download_root: str | None = None  # where clip keeps downloaded weights (default ~/.cache/clip)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Several machines (README "Cluster"): each process encodes a contiguous block of the shards, and whichever
+    # finds all of them committed writes the entry. Shards are fixed by the annotation order, so the split changes
+    # nothing in the cache.
+    shard_range: str | None = None  # "A:B": only shards A..B-1 (clipped to the shard count); None: every shard
+    array_task: int | None = None  # with array_tasks: this task's block, e.g. $SLURM_ARRAY_TASK_ID
+    array_tasks: int | None = None  # how many blocks the shards are cut into, e.g. $SLURM_ARRAY_TASK_COUNT
 
     def __post_init__(self) -> None:
         _checked(
             self,
             {
+                "shard_range": (_shard_range_ok, "A:B with 0 <= A < B, e.g. 0:40"),
+                "array_tasks": (lambda n: n is None or n >= 1, ">= 1 array tasks"),
+                "array_task": (
+                    lambda i: (
+                        (i is None) == (self.array_tasks is None)
+                        and (i is None or 0 <= i < self.array_tasks)
+                        and (i is None or self.shard_range is None)
+                    ),
+                    f"0 <= array_task < array_tasks={self.array_tasks}, both given or neither, and no shard_range",
+                ),
                 "frames": (_at_least(1), "T >= 1 frames per view"),
                 "views": (_at_least(0), "0 or more train views"),
                 "batch_size": (_at_least(1), "a batch of >= 1 frames"),
@@ -260,6 +287,43 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class LauncherConfig:
+    """Where a sweep's (or ``train --fold all``'s) runs train: this machine's pool, or a SLURM array (submitit).
+
+    Runs keep their run directories, so the sweep folder and the cache must be on a file system every node sees.
+    """
+
+    kind: Literal["local", "slurm"] = "local"  # local: --workers processes here; slurm: one array job
+    cluster: Literal["slurm", "local"] = "slurm"  # submitit executor: slurm (sbatch), or local (the same
+    #                                              array tasks as processes on this machine, for tests and trials)
+    partition: str | None = None  # SLURM partition; None: the cluster's default
+    gpus_per_task: int = 1  # GPUs of one array task; 0 trains on CPUs
+    cpus_per_task: int = 4  # cores of one task, shared by its runs' torch threads (a run is mostly GPU work)
+    mem_gb: float = 16.0  # memory of one task: the cache in RAM (a DFEW cache is about 1 GB) per process, and CLIP
+    time_min: int = 240  # time limit of one task; near it SLURM signals, the task checkpoints and is requeued
+    max_parallel: int = 0  # array tasks running at once (sbatch --array=...%N); 0: as many as SLURM allows
+    runs_per_task: int = 1  # runs one task trains: stage-2 runs are small, so one GPU can take several
+    runs_per_gpu: int = 1  # of a task's runs, how many train at once per GPU (one process each); 1: one by one
+    setup: tuple[str, ...] = ()  # shell lines run before each task, e.g. "source ~/venv/bin/activate"
+    sbatch: tuple[str, ...] = ()  # more sbatch options as key=value, e.g. account=proj1, qos=high
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "gpus_per_task": (_at_least(0), ">= 0 GPUs per task"),
+                "cpus_per_task": (_at_least(1), ">= 1 CPUs per task"),
+                "mem_gb": (_positive, "a memory > 0 GB"),
+                "time_min": (_at_least(1), "a time limit >= 1 minute"),
+                "max_parallel": (_at_least(0), "0 (no limit) or >= 1 tasks at once"),
+                "runs_per_task": (_at_least(1), ">= 1 runs per task"),
+                "runs_per_gpu": (_at_least(1), ">= 1 runs at once per GPU"),
+                "sbatch": (lambda items: all("=" in x for x in items), "key=value items, e.g. account=proj1"),
+            },
+        )
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """``tgdfer ablate``: one paper table as rows x folds x seeds training runs."""
 
@@ -272,9 +336,15 @@ class SweepConfig:
     rows: tuple[str, ...] | None = None  # only these row labels; None: the whole table
     overrides: tuple[str, ...] = ()  # --set applied to every row, after the row's own settings
     device: str = "auto"  # auto: CUDA when present, else CPU
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # local pool, or a SLURM array
 
     def __post_init__(self) -> None:
         _checked(self, {"workers": (_at_least(1), ">= 1 trainings at once"), "seeds": (len, "at least one seed")})
+        if self.workers > 1 and self.launcher.kind != "local":
+            raise ConfigError(
+                f"workers: expected 1 with --launcher {self.launcher.kind} (a task's runs at once are "
+                f"launcher.runs_per_gpu), found {self.workers}"
+            )
 
 
 def to_dict(cfg: Any) -> dict:

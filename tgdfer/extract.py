@@ -106,7 +106,7 @@ def _plan_shards(
     """(shards this rank must encode, shards this rank finds already committed and sound); locks them in ``held``."""
     entry = Path(cfg.out)
     n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
-    mine = list(range(me.rank, n_shards, me.world))
+    mine = list(_block(cfg, n_shards)[me.rank :: me.world])
     shard_dir(entry).mkdir(parents=True, exist_ok=True)
     _lock_outputs(entry, mine, me, held)
     if cfg.overwrite:
@@ -136,6 +136,49 @@ def _plan_shards(
         else:
             done.append(k)
     return todo, done
+
+
+def _block(cfg: ExtractConfig, n_shards: int) -> range:
+    """The shards this process (all its ranks) encodes: all, ``shard_range`` A:B, or array task i's of n blocks.
+
+    Blocks are contiguous and differ by at most one shard; a block past the shard count is empty.
+    """
+    if cfg.shard_range is not None:
+        a, b = (int(x) for x in cfg.shard_range.split(":"))
+        return range(min(a, n_shards), min(b, n_shards))
+    if cfg.array_tasks is not None:
+        i, n = cfg.array_task, cfg.array_tasks
+        return range(i * n_shards // n, (i + 1) * n_shards // n)
+    return range(n_shards)
+
+
+def _write_when_complete(cfg: ExtractConfig, annotations, clip, settings: dict, n_shards: int) -> dict | None:
+    """A block's end: write the entry if every shard is committed and no other process wrote it -> totals or None.
+
+    An exclusive lock beside the shards makes the check-and-write one step, so of tasks ending together one writes
+    and the others find its entry (same fingerprint) and leave it; the lock dies with its holder, so a rerun of
+    any task after a crash writes the entry.
+    """
+    import fcntl
+
+    from tgdfer.features.cache import read_attrs
+
+    entry = Path(cfg.out)
+    missing = [k for k in range(n_shards) if shard_header(shard_path(entry, k)) is None]
+    if missing:
+        print(
+            f"extract: {len(missing)} of {n_shards} shards not committed yet (e.g. {missing[:5]}); the process "
+            "that commits the last one writes the entry",
+            flush=True,
+        )
+        return None
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    with open(shard_dir(entry) / "entry.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if entry.exists() and read_attrs(entry).get("fingerprint") == fingerprint:
+            print(f"extract: every shard is committed and {entry} was written by another process", flush=True)
+            return None
+        return _write_outputs(cfg, annotations, clip, settings, n_shards)
 
 
 def _flush(buffer: _ShardBuffer, clip, batch_size: int, final: bool) -> None:
@@ -330,7 +373,18 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     if me.world > 1:
         torch.distributed.barrier()
     summary = dict(stats)
-    if me.rank == 0:
+    if me.rank == 0 and len(_block(cfg, n_shards)) < n_shards:  # one block of several: README "Cluster"
+        totals = _write_when_complete(cfg, annotations, clip, settings, n_shards)
+        summary.update(totals=totals, entry=cfg.out if totals else None)
+        secs, block = stats["seconds"], _block(cfg, n_shards)
+        what = f"shards {block.start}..{block.stop - 1}" if block else "no shards (more blocks than shards)"
+        held = f"; cache {cfg.out} holds {totals['clips']} clips" if totals else ""
+        print(
+            f"extract: {what} of {n_shards}: {stats['clips']} clips, {stats['frames']} frames, "
+            f"{stats['failures']} failures encoded in {secs:.1f} s{held}",
+            flush=True,
+        )
+    elif me.rank == 0:
         totals = _write_outputs(cfg, annotations, clip, settings, n_shards)
         summary.update(totals=totals, entry=cfg.out)
         secs = stats["seconds"]

@@ -8,10 +8,11 @@ with metrics.json is reused, one with only checkpoint.pt continues from it. A ru
 (its traceback) and the sweep goes on; a rerun retries it.
 
 ``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
-loading the cache and CLIP once, spread over the GPUs round-robin. Workers die with the sweep (``_die_with_parent``):
-a killed sweep leaves no orphan training on, and each run directory is locked by the process training it. The
-report is ``<out>/table<N>.md`` and ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs
-behind each, the paper's figures.
+loading the cache and CLIP once, spread over the GPUs round-robin; a slurm ``launcher`` trains them as one SLURM
+array job instead (``tgdfer.sweep.launchers``). Workers die with the sweep (``_die_with_parent``): a killed sweep
+leaves no orphan training on, and each run directory is locked by the process training it. The report is
+``<out>/table<N>.md`` and ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs behind
+each, the paper's figures.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tgdfer.atomic import write_text
-from tgdfer.config import RunConfig, SweepConfig, apply_overrides, to_dict
+from tgdfer.config import LauncherConfig, RunConfig, SweepConfig, apply_overrides, to_dict
 from tgdfer.errors import ConfigError
 from tgdfer.sweep.tables import TABLES, Row, Table, render
 from tgdfer.train.runs import ERROR, METRICS, RunDir
@@ -159,8 +160,18 @@ def _status(run_dir: Path) -> str:
     return RunDir(run_dir).status()
 
 
-def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str, log: Callable[[str], None]) -> int:
-    """Train the jobs ({key: (config, label)}) not finished yet; one line per finished run. Returns how many ran."""
+def _train_all(
+    jobs: dict[str, tuple[RunConfig, str]],
+    workers: int,
+    device: str,
+    log: Callable[[str], None],
+    launcher: LauncherConfig | None = None,
+    folder: Path | None = None,
+) -> int:
+    """Train the jobs ({key: (config, label)}) not finished yet; one line per finished run. Returns how many ran.
+
+    With a slurm ``launcher`` they train as an array job (``tgdfer.sweep.launchers``, its files under ``folder``).
+    """
     todo = {k: job for k, job in jobs.items() if _status(Path(job[0].out)) != "done"}
     done0 = len(jobs) - len(todo)
     if done0:
@@ -184,6 +195,12 @@ def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str
     def resume(cfg: RunConfig) -> bool:
         return _status(Path(cfg.out)) == "partial"
 
+    if launcher is not None and launcher.kind == "slurm":
+        from tgdfer.sweep.launchers import launch
+
+        for n, (key, outcome) in enumerate(launch(todo, launcher, folder or Path("."), device, log), 1):
+            report(key, *outcome, n)
+        return len(todo)
     workers = min(workers, len(todo))
     if workers == 1:
         try:
@@ -326,7 +343,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
         summary, failed = _summarize(spec, chosen, plan, {})
         return {**result, "rows": summary, "failed": failed, "ran": 0, "skipped": finished}
 
-    ran = _train_all(jobs, workers, device, log)
+    ran = _train_all(jobs, workers, device, log, sweep.launcher, out_dir)
     errors = (
         _evaluate_selected(chosen, list(dict.fromkeys(p["run_dir"] for p in plan)), features, device, log)
         if spec.evaluates
