@@ -18,13 +18,13 @@ import datetime
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tgdfer import __version__
 from tgdfer.atomic import committed, remove_stale_temporaries
@@ -45,6 +45,7 @@ from tgdfer.features.cache import (
     write_entry,
     write_shard,
 )
+from tgdfer.progress import Progress
 
 
 @dataclass
@@ -81,7 +82,59 @@ def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict
     }
 
 
-def _plan_shards(cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str) -> tuple[list[int], list[int]]:
+# The option a user changes for each stored setting, for a refused rerun's message.
+_SETTING_FLAGS = {
+    "dataset": "--dataset",
+    "annotations_sha256": "the annotations (labels, paths, splits, --classes, --test-fraction, --val-fraction)",
+    "clip_sha256": "--clip (weights sha256)",
+    "frames": "--frames",
+    "train_views": "--views",
+    "seed": "--seed",
+    "image_size": "CLIP input size",
+    "face_crop": "--face-crop",
+    "shard_clips": "--shard-clips",
+    "dtype": "--precision",
+    "batch_size": "--batch-size",
+    "augment": "--set augment",
+}
+
+
+def _stored_settings(header: dict) -> dict:
+    text = header.get("settings")
+    text = text.decode() if isinstance(text, bytes) else text
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _shown(value) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text[:15] + "..." if len(text) > 40 else text
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """'--face-crop: False -> True' for every setting (or augment.* entry) that differs between two settings dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        flag = _SETTING_FLAGS.get(key, key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [
+                f"{flag}.{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        else:
+            changes.append(f"{flag}: {_shown(a)} -> {_shown(b)}")
+    return changes
+
+
+def _plan_shards(
+    cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str, settings: dict | None = None
+) -> tuple[list[int], list[int]]:
     """(shards this rank must encode, shards this rank finds already committed)."""
     entry = Path(cfg.out)
     n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
@@ -102,9 +155,10 @@ def _plan_shards(cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str) 
         if header is None:
             todo.append(k)
         elif header["fingerprint"] != fingerprint:
+            changes = settings_diff(_stored_settings(header), json.loads(json.dumps(settings or {})))
             raise ExtractError(
-                f"{shard_path(entry, k)} was made with other settings than this run's (model, frames, views, seed, "
-                f"annotations, ...). Expected settings hash {fingerprint[:12]}, found {header['fingerprint'][:12]}. "
+                f"{shard_path(entry, k)} was made with other settings than this run's: "
+                f"{'; '.join(changes) or 'unknown (a shard without its settings)'}. "
                 "Pass --overwrite to redo it, or choose another --out"
             )
         else:
@@ -147,6 +201,8 @@ def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprin
         num_frames=np.array([m["num_frames"] for m in meta], dtype=np.int32),
         failed_rows=np.array([r for r, _ in buffer.failed], dtype=np.int32),
         failed_reasons=tuple(reason for _, reason in buffer.failed),
+        face_frames=np.array([_face_frames(m)[0] for m in meta], dtype=np.int32),
+        sampled_frames=np.array([_face_frames(m)[1] for m in meta], dtype=np.int32),
     )
     if len(data.features) != len(data.view_row):
         raise ExtractError(
@@ -154,6 +210,12 @@ def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprin
             "planned; this is a bug in tgdfer"
         )
     write_shard(shard_path(entry, buffer.index), data, fingerprint, settings)
+
+
+def _face_frames(item: dict) -> tuple[int, int]:
+    """(distinct sampled frames with a face found, distinct frames sampled) of one ClipViews item."""
+    frames, found = np.asarray(item["view_frames"]), np.asarray(item["face_found"], dtype=bool)  # (V, T) each
+    return len(np.unique(frames[found])), len(np.unique(frames))
 
 
 def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, settings: dict, me: Ranks) -> dict:
@@ -171,13 +233,7 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
     buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None
     remaining = len(buffer.rows) if buffer else 0
     start = time.perf_counter()
-    bar = tqdm(
-        total=len(jobs),
-        unit="clip",
-        desc=f"extract[{me.rank}]" if me.world > 1 else "extract",
-        disable=None,
-        dynamic_ncols=True,
-    )
+    bar = Progress(len(jobs), f"extract[{me.rank}]" if me.world > 1 else "extract")
     for item in loader:
         if item["error"] is not None:
             if cfg.strict:
@@ -202,7 +258,6 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
         bar.set_postfix(
             frames_s=f"{stats['frames'] / max(time.perf_counter() - start, 1e-9):.0f}",
             failed=stats["failures"],
-            refresh=False,
         )
         if remaining == 0:
             _flush(buffer, clip, cfg.batch_size, final=True)
@@ -253,9 +308,20 @@ def extract(cfg: ExtractConfig) -> dict:
             f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
             f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
         )
-    annotations = read_annotations(cfg.dataset, cfg.root, cfg.annotations)
+    annotations = read_annotations(
+        cfg.dataset,
+        cfg.root,
+        cfg.annotations,
+        classes=cfg.classes,
+        test_fraction=cfg.test_fraction,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+    )
     if not annotations.clips:
         raise ExtractError(f"the {cfg.dataset} annotations under {cfg.root} list no clips")
+    if me.rank == 0:
+        for note in annotations.notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
     if me.world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
     device = resolve_device(cfg.device, me.local)
@@ -268,7 +334,7 @@ def extract(cfg: ExtractConfig) -> dict:
     settings = _settings(cfg, annotations, clip, dtype)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
-    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint)
+    todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, settings)
     if done:
         print(f"[rank {me.rank}] resuming: {len(done)} committed shards kept, {len(todo)} to encode", flush=True)
     stats = _encode_shards(cfg, annotations, clip, todo, fingerprint, settings, me)

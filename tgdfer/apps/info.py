@@ -19,10 +19,28 @@ def describe(cache: FeatureCache) -> list[str]:
     ]
     for k, name in enumerate(cache.split_names):
         col = cache.membership[:, k]
-        lines.append(f"  split {name}: {int((col == 1).sum())} train, {int((col == 2).sum())} test clips")
+        val = f", {int((col == 3).sum())} val" if (col == 3).any() else ""
+        lines.append(f"  split {name}: {int((col == 1).sum())} train{val}, {int((col == 2).sum())} test clips")
     counts = np.bincount(cache.labels, minlength=len(cache.class_names))
     lines.append("  clips per class: " + ", ".join(f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)))
+    lines += _faces(cache)
     return lines
+
+
+def _faces(cache: FeatureCache) -> list[str]:
+    """How many sampled frames had a face, when the cache was made with face crops and recorded it."""
+    if not cache.attrs.get("face_crop"):
+        return ["  faces: not cropped (extracted without --face-crop)"]
+    if cache.face_frames is None or cache.sampled_frames is None:
+        return ["  faces: cropped; frames with a face not recorded (a cache from an older tgdfer)"]
+    found, sampled = int(cache.face_frames.sum()), int(cache.sampled_frames.sum())
+    none = np.flatnonzero(cache.face_frames == 0)
+    lines = [
+        f"  faces: found in {found} of {sampled} sampled frames ({100 * found / max(sampled, 1):.1f}%); "
+        f"{len(none)} clips with no face (their full frames were encoded)"
+    ]
+    shown = ", ".join(str(cache.clip_ids[r]) for r in none[:5]) + (", ..." if len(none) > 5 else "")
+    return lines + ([f"  no face: {shown}"] if len(none) else [])
 
 
 def info(path: str) -> str:
