@@ -20,8 +20,7 @@ from PIL import Image
 from tgdfer.apps.predict import PredictError, explain, format_predictions, predict, preprocessing
 from tgdfer.apps.synthetic import make_clip, make_csv_dataset, write_frame_folder, write_video
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, apply_overrides
-from tgdfer.data.sampling import TEST_VIEW, centre_indices
-from tgdfer.data.sampling import SAMPLING_RULE
+from tgdfer.data.sampling import SAMPLING_RULE, TEST_VIEW, centre_indices
 from tgdfer.errors import ConfigError, RunError
 from tgdfer.extract import extract
 from tgdfer.features.cache import load_cache
