@@ -198,7 +198,7 @@ def test_a_misspelt_label_stops_with_its_line_unless_classes_lists_it(tmp_path):
     raises_at(
         file,
         5,
-        "expected one spelling per class, found 'hapiness' (1 clips) beside 'happiness' (3 clips), near-duplicates "
+        "expected one spelling per class, found 'hapiness' (1 clip) beside 'happiness' (3 clips), near-duplicates "
         "(similarity 0.94); fix the label, or pass --classes listing both to keep them as two classes",
         call=lambda: read_csv(tmp_path),
     )
@@ -218,7 +218,7 @@ def test_a_misspelt_label_stops_with_its_line_unless_classes_lists_it(tmp_path):
         call=lambda: read_csv(tmp_path),
     )
     make_csv(tmp_path, "path,label,split\na,cat,train\nb,dog,test\nc,cats,train\n")  # cat/cats: 0.86
-    raises_at(file, 4, "found 'cats' (1 clips) beside 'cat' (1 clips)", call=lambda: read_csv(tmp_path))
+    raises_at(file, 4, "found 'cats' (1 clip) beside 'cat' (1 clip)", call=lambda: read_csv(tmp_path))
 
 
 def test_csv_paths_are_normalised_and_may_not_leave_the_root(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -24,6 +26,15 @@ from tgdfer.sweep.tables import TABLES, render
 from tgdfer.train.engine import fit
 
 CLASSES = ("sad", "surprise", "happy")  # as a user writes them; they fold to sadness, surprise, happiness
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block after the line ``heading`` in README.md."""
+    text = README.read_text()
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, text.index(f"\n{heading}\n"))
+    assert match is not None, f"no {language} block after {heading!r}"
+    return match.group(1)
 
 
 def _wall(n: int) -> list[np.ndarray]:
@@ -69,7 +80,10 @@ def test_own_csv_extracts_its_classes_splits_and_faces(own):
     assert cache.face_frames[wall] == 0 and (cache.face_frames <= cache.sampled_frames).all()
     text = info(str(out)).splitlines()
     assert "  split default: 10 train, 3 val, 3 test clips" in text
-    assert "  clips per class: happiness 6, sadness 5, surprise 5" in text
+    per_class = (
+        "happiness 6 (4 train, 1 val, 1 test), sadness 5 (3 train, 1 val, 1 test), surprise 5 (3 train, 1 val, 1 test)"
+    )
+    assert f"  clips per class: {per_class}" in text
     faces = next(line for line in text if line.startswith("  faces: "))
     found, sampled = int(cache.face_frames.sum()), int(cache.sampled_frames.sum())
     assert faces.startswith(f"  faces: found in {found} of {sampled} sampled frames")
@@ -167,3 +181,52 @@ def test_explain_strip_of_16_frames_is_two_rows_readable_at_page_width(tmp_path)
     width, height = influence_png_size(16)
     assert Image.open(png).size == (width, height) == (1524, 556)  # 8 cells of 160 px per row; was 2140 x 232
     assert influence_png_size(8) == (1524, 310) and influence_png_size(32) == (1524, 1048)
+
+
+# The README's "Your own data" walk-through, command by command -------------------------------------------------
+
+FAST = {  # appended to the README's commands: the tiny random CLIP, few epochs, one decode process
+    "extract": ["--workers", "0", "--batch-size", "64"],
+    "train": ["--set", "train.epochs=3", "--set", "train.batch_size=8", "--device", "cpu"],
+    "predict": ["--device", "cpu", "--json"],
+    "explain": ["--device", "cpu"],
+    "ablate": ["--set", "train.epochs=1", "--device", "cpu"],
+}
+
+
+def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip_path, monkeypatch, capsys):
+    import shlex
+
+    from tests.test_api import readme_block
+    from tgdfer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_csv_dataset(
+        tmp_path / "data" / "mine", per_class=5, classes=CLASSES, frames=(12, 20), size=64, seed=2, split_column=False
+    )
+    write_video(tmp_path / "new_clip.mp4", make_clip("surprise", 24, 96, np.random.default_rng(5))[0])
+    commands = [shlex.split(line) for line in readme_block("## Your own data", "bash").splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [
+        ["tgdfer", name] for name in ("extract", "info", "train", "predict", "explain", "ablate")
+    ]
+    outputs = {}
+    for command in commands:
+        name = command[1]
+        extra = FAST.get(name, []) + (["--clip", str(tiny_clip_path)] if name == "extract" else [])
+        assert main([*command[1:], *extra]) == 0, command
+        outputs[name] = capsys.readouterr()
+    info = outputs["info"].out
+    assert "dataset csv, classes ['happiness', 'sadness', 'surprise']" in info
+    assert (
+        "  split default: 9 train, 3 val, 3 test clips" in info
+        and "happiness 5 (3 train, 1 val, 1 test), sadness 5" in info
+    )
+    assert "  faces: found in " in info
+    metrics = json.loads((tmp_path / "cache/runs/mine/metrics.json").read_text())
+    assert metrics["class_names"] == ["happiness", "sadness", "surprise"] and metrics["val"]["clips"] == 3
+    [result] = json.loads(outputs["predict"].out)
+    assert result["ok"] and list(result["probabilities"]) == ["happiness", "sadness", "surprise"]
+    assert result["face_crop"] is True and result["note"] is None  # the run's cache was face-cropped: so is this
+    assert (tmp_path / "explain.png").is_file()
+    table = (tmp_path / "cache/ablate-mine/table3.md").read_text()
+    assert "| e | fine 1, coarse 1 |" in table and "paper UAR" not in table and "dataset is csv" in table

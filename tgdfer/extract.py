@@ -109,8 +109,9 @@ def _stored_settings(header: dict) -> dict:
 
 
 def _shown(value) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text[:15] + "..." if len(text) > 40 else text
+    text = str(value)
+    text = text[:12] + "..." if len(text) > 40 else text  # hashes and long descriptions: enough to tell apart
+    return repr(text) if isinstance(value, str) else text
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:

@@ -6,6 +6,8 @@ import numpy as np
 
 from tgdfer.features.cache import FeatureCache, load_cache
 
+_ROLES = ((1, "train"), (3, "val"), (2, "test"))  # membership codes, in the order they are printed
+
 
 def describe(cache: FeatureCache) -> list[str]:
     """Lines describing a loaded cache: size, provenance, splits, clips per class, failures."""
@@ -22,7 +24,13 @@ def describe(cache: FeatureCache) -> list[str]:
         val = f", {int((col == 3).sum())} val" if (col == 3).any() else ""
         lines.append(f"  split {name}: {int((col == 1).sum())} train{val}, {int((col == 2).sum())} test clips")
     counts = np.bincount(cache.labels, minlength=len(cache.class_names))
-    lines.append("  clips per class: " + ", ".join(f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)))
+    per_class = [f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)]
+    if len(cache.split_names) == 1:  # one split (FERV39k, CSV): where each class's clips went
+        col = cache.membership[:, 0]
+        for k in range(len(cache.class_names)):
+            roles = [(name, int(((col == code) & (cache.labels == k)).sum())) for code, name in _ROLES]
+            per_class[k] += " (" + ", ".join(f"{n} {name}" for name, n in roles if n or name != "val") + ")"
+    lines.append("  clips per class: " + ", ".join(per_class))
     lines += _faces(cache)
     return lines
 

@@ -422,6 +422,10 @@ def _csv_classes(
     return names, index, notes
 
 
+def _clips(n: int) -> str:
+    return f"{n} clip" if n == 1 else f"{n} clips"
+
+
 def _refuse_near_duplicates(rows: list[tuple[int, str]], folded: dict[str, str], file: Path) -> None:
     """Stop at a label that looks like a misspelling of another label of the file or of a known emotion."""
     counts = Counter(folded[text] for _, text in rows)
@@ -438,8 +442,8 @@ def _refuse_near_duplicates(rows: list[tuple[int, str]], folded: dict[str, str],
             raise AnnotationError(
                 file,
                 line,
-                f"expected one spelling per class, found {text!r} ({counts[typo]} clips) beside {kept!r} "
-                f"({counts[kept]} clips), near-duplicates (similarity {ratio:.2f}); fix the label, or pass --classes "
+                f"expected one spelling per class, found {text!r} ({_clips(counts[typo])}) beside {kept!r} "
+                f"({_clips(counts[kept])}), near-duplicates (similarity {ratio:.2f}); fix the label, or pass --classes "
                 f"listing both to keep them as two classes",
             )
     for name in names:
