@@ -197,10 +197,10 @@ FAST = {  # appended to the README's commands: the tiny random CLIP, few epochs,
 def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip_path, monkeypatch, capsys):
     import shlex
 
-    from tests.test_api import readme_block
     from tgdfer.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TGDFER_PROGRESS_SECONDS", "0")  # a line per clip: stdout is captured, not a terminal
     make_csv_dataset(
         tmp_path / "data" / "mine", per_class=5, classes=CLASSES, frames=(12, 20), size=64, seed=2, split_column=False
     )
@@ -215,6 +215,10 @@ def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip
         extra = FAST.get(name, []) + (["--clip", str(tiny_clip_path)] if name == "extract" else [])
         assert main([*command[1:], *extra]) == 0, command
         outputs[name] = capsys.readouterr()
+    progress = [line for line in outputs["extract"].out.splitlines() if line.startswith("extract: ")]
+    assert re.fullmatch(r"extract: 1/15 clips \(7%\), [0-9.]+ clips/s, ETA \w+, frames_s=\d+, failed=0", progress[0])
+    assert re.fullmatch(r"extract: 15/15 clips \(100%\), [0-9.]+ clips/s, done in \w+, .*", progress[-2])
+    assert len(progress) == 16 and progress[-1].startswith("extract: 15 clips, 75 views")  # then the summary
     info = outputs["info"].out
     assert "dataset csv, classes ['happiness', 'sadness', 'surprise']" in info
     assert (
@@ -230,3 +234,34 @@ def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip
     assert (tmp_path / "explain.png").is_file()
     table = (tmp_path / "cache/ablate-mine/table3.md").read_text()
     assert "| e | fine 1, coarse 1 |" in table and "paper UAR" not in table and "dataset is csv" in table
+
+    assert (
+        main(["predict", "new_clip.mp4", "data/mine/clips/sad_000", "--run", "cache/runs/mine", "--device", "cpu"]) == 0
+    )
+    printed = capsys.readouterr()
+    assert [line.split(",")[0] for line in printed.err.splitlines() if line.startswith("predict: ")] == [
+        "predict: 1/2 clips (50%)",
+        "predict: 2/2 clips (100%)",
+    ]  # on stderr: stdout holds the table (or --json)
+    assert printed.out.splitlines()[-1] == "2 of 2 clips predicted"
+
+
+def test_extract_flags_for_own_data_and_their_errors(tmp_path, capsys):
+    from tgdfer.cli import main
+
+    root = tmp_path / "mine"
+    (root / "clips").mkdir(parents=True)
+    (root / "annotations.csv").write_text("path,label\nclips/a,sad\nclips/b,sad\nclips/c,happy\n")
+    base = ["extract", "--dataset", "csv", "--root", str(root), "--out", str(tmp_path / "c.h5")]
+    assert main([*base, "--classes", "sad,surprise"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {root / 'annotations.csv'}:4: expected a label among sadness, surprise (--classes), found 'happy'; "
+        "add it to --classes or fix the label\n"
+    )
+    assert main([*base, "--test-fraction", "1.5"]) == 2
+    assert capsys.readouterr().err == "error: test_fraction: expected a fraction in [0, 1), found 1.5\n"
+    assert main([*base, "--val-fraction", "0.5", "--clip", str(tmp_path / "no-clip.pt")]) == 2
+    err = capsys.readouterr().err.splitlines()  # the notes come first: the annotations are read before CLIP loads
+    note = "label 'happy' is used by 1 clip only (a typo?); its class cannot be tested"
+    assert err[0] == f"note: {root / 'annotations.csv'}:4: {note}"
+    assert err[-1].startswith("error: ") and "no-clip.pt" in err[-1]

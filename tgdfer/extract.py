@@ -255,11 +255,11 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
             if buffer.pending_frames >= cfg.batch_size:
                 _flush(buffer, clip, cfg.batch_size, final=False)
         remaining -= 1
-        bar.update(1)
         bar.set_postfix(
             frames_s=f"{stats['frames'] / max(time.perf_counter() - start, 1e-9):.0f}",
             failed=stats["failures"],
         )
+        bar.update(1)
         if remaining == 0:
             _flush(buffer, clip, cfg.batch_size, final=True)
             _commit(buffer, entry, cfg.frames, clip.dim, fingerprint, settings)
