@@ -226,7 +226,12 @@ def _attr(value):
 
 @dataclass(frozen=True, eq=False)
 class FeatureCache:
-    """A whole cache in memory (a DFEW cache is about 1 GB). Arrays as in the module docstring."""
+    """A whole cache in memory (a DFEW cache is about 1 GB). Arrays as in the module docstring.
+
+    Two kinds of rows: views (``features``, ``view_*``: V rows, each clip's test view and its train views) and clips
+    (``clip_*``, ``labels``, ``num_frames``, ``membership``, ``face_frames``: C rows, sorted by clip id);
+    ``view_clip[v]`` is the clip row of view v.
+    """
 
     path: str
     features: np.ndarray  # (V, T, D) float16
