@@ -244,6 +244,13 @@ def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip
         "predict: 2/2 clips (100%)",
     ]  # on stderr: stdout holds the table (or --json)
     assert printed.out.splitlines()[-1] == "2 of 2 clips predicted"
+    write_video(tmp_path / "wall.mp4", _wall(12))  # no face: a warning line by default, a failure when required
+    assert main(["predict", "wall.mp4", "--run", "cache/runs/mine", "--device", "cpu"]) == 0
+    assert "warning: wall.mp4: no face found in any sampled frame: the full frames were used" in capsys.readouterr().out
+    assert main(["predict", "wall.mp4", "--run", "cache/runs/mine", "--device", "cpu", "--require-face"]) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert table[-2].endswith("no face found in any of the 16 sampled frames (--require-face): wall.mp4")
+    assert table[-1] == "0 of 1 clips predicted, 1 failed"
 
 
 def test_extract_flags_for_own_data_and_their_errors(tmp_path, capsys):
