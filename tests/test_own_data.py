@@ -186,7 +186,7 @@ def test_explain_strip_of_16_frames_is_two_rows_readable_at_page_width(tmp_path)
 # The README's "Your own data" walk-through, command by command -------------------------------------------------
 
 FAST = {  # appended to the README's commands: the tiny random CLIP, few epochs, one decode process
-    "extract": ["--workers", "0", "--batch-size", "64"],
+    "extract": ["--workers", "0", "--batch-size", "64", "--frames", "8", "--views", "1"],
     "train": ["--set", "train.epochs=3", "--set", "train.batch_size=8", "--device", "cpu"],
     "predict": ["--device", "cpu", "--json"],
     "explain": ["--device", "cpu"],
@@ -218,7 +218,7 @@ def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip
     progress = [line for line in outputs["extract"].out.splitlines() if line.startswith("extract: ")]
     assert re.fullmatch(r"extract: 1/15 clips \(7%\), [0-9.]+ clips/s, ETA \w+, frames_s=\d+, failed=0", progress[0])
     assert re.fullmatch(r"extract: 15/15 clips \(100%\), [0-9.]+ clips/s, done in \w+, .*", progress[-2])
-    assert len(progress) == 16 and progress[-1].startswith("extract: 15 clips, 75 views")  # then the summary
+    assert len(progress) == 16 and progress[-1].startswith("extract: 15 clips, 30 views")  # then the summary
     info = outputs["info"].out
     assert "dataset csv, classes ['happiness', 'sadness', 'surprise']" in info
     assert (
@@ -249,7 +249,7 @@ def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip
     assert "warning: wall.mp4: no face found in any sampled frame: the full frames were used" in capsys.readouterr().out
     assert main(["predict", "wall.mp4", "--run", "cache/runs/mine", "--device", "cpu", "--require-face"]) == 1
     table = capsys.readouterr().out.splitlines()
-    assert table[-2].endswith("no face found in any of the 16 sampled frames (--require-face): wall.mp4")
+    assert table[-2].endswith("no face found in any of the 8 sampled frames (--require-face): wall.mp4")
     assert table[-1] == "0 of 1 clips predicted, 1 failed"
 
 
