@@ -237,6 +237,10 @@ def test_csv_paths_are_normalised_and_may_not_leave_the_root(tmp_path):
     )
     make_csv(tmp_path, "path,label,split\n..,sad,train\n")
     raises_at(file, 2, "found '..', which leads out of it", call=lambda: read_csv(tmp_path))
+    make_csv(tmp_path, "path,label,split\na/..,sad,train\n")
+    raises_at(
+        file, 2, "expected a clip's path inside --root, found 'a/..', the root itself", call=lambda: read_csv(tmp_path)
+    )
 
 
 def test_csv_without_split_column_gets_a_seeded_stratified_split(tmp_path):

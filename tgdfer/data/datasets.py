@@ -322,7 +322,9 @@ def read_csv(
 def _clip_id(text: str, file: Path, line: int) -> str:
     """A CSV path as a clip id: normalised (``./a/x``, ``a//x/`` -> ``a/x``); relative ones must stay in the root."""
     clip_id = os.path.normpath(os.path.expanduser(text))
-    if not os.path.isabs(clip_id) and (clip_id in (".", "..") or clip_id.startswith(".." + os.sep)):
+    if clip_id == ".":
+        raise AnnotationError(file, line, f"expected a clip's path inside --root, found {text!r}, the root itself")
+    if not os.path.isabs(clip_id) and (clip_id == ".." or clip_id.startswith(".." + os.sep)):
         raise AnnotationError(
             file,
             line,
