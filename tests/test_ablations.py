@@ -79,9 +79,10 @@ PAPER = {
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_clip_path, tiny_clip):
-    """60 generated clips, one train view each, two folds: a run of one epoch takes about a second."""
+    """60 generated clips, one train view each, two folds, recorded as DFEW's (so the paper's figures apply): a run
+    of one epoch takes about a second."""
     path = tmp_path_factory.mktemp("ablate") / "c.h5"
-    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=2)
+    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=2, dataset="dfew")
     return str(path)
 
 
@@ -172,7 +173,9 @@ def test_a_tiny_table_runs_end_to_end_and_a_rerun_trains_nothing(cache, tmp_path
 def test_a_failing_run_does_not_stop_the_table(tmp_path, tiny_clip_path, tiny_clip):
     """Clips of T=4 frames: Table 4's window of 8 cannot fit, so that row fails in fit; the other row trains."""
     path = tmp_path / "t4.h5"
-    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, frames=4, views=1, folds=2)
+    write_feature_cache(
+        path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, frames=4, views=1, folds=2, dataset="dfew"
+    )
     out, lines = tmp_path / "out", []
     kwargs = dict(folds=["1"], out=str(out), overrides=FAST, rows=["s1-w8", "s1-w4"])
     result = run_table(4, str(path), **kwargs, log=lines.append)

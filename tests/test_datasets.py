@@ -12,6 +12,7 @@ from tgdfer.data.datasets import (
     ABSENT,
     TEST,
     TRAIN,
+    VAL,
     AnnotationError,
     read_annotations,
     read_csv,
@@ -19,6 +20,7 @@ from tgdfer.data.datasets import (
     read_ferv39k,
     read_mafw,
 )
+from tgdfer.errors import ConfigError
 from tgdfer.labels import CLASS_NAMES
 
 DFEW_ANN = "EmoLabel_DataSplit"
@@ -154,15 +156,132 @@ def test_mafw_frames_before_clips(tmp_path):
     assert (ann.membership[2] == TEST).all() and (ann.membership[:2] == TRAIN).all()
 
 
-def test_csv_without_split_uses_basic_emotion_order(tmp_path):
-    file = make_csv(tmp_path, "label,path\nHappy,vids/b.mp4\nsad,vids/a.mp4\nsadness,/abs/c\n")
+def test_csv_classes_are_its_own_labels_sorted_with_synonyms_folded(tmp_path):
+    """No DFEW assumption: sad/surprise/happy give three classes, not DFEW's seven."""
+    file = make_csv(tmp_path, "label,path,split\nHappy,vids/b.mp4,train\nsad,vids/a.mp4,test\nsadness,/abs/c,train\n")
     ann = read_annotations("csv", tmp_path)
-    assert ann.class_names == CLASS_NAMES["dfew"]  # all seven, even absent ones
+    assert ann.class_names == ("happiness", "sadness")
     assert [c.id for c in ann.clips] == ["/abs/c", "vids/a.mp4", "vids/b.mp4"]
     assert [c.label for c in ann.clips] == [1, 1, 0]
     assert ann.clips[0].path == "/abs/c" and ann.clips[1].path == str(tmp_path / "vids" / "a.mp4")
-    assert ann.split_names == ("default",) and (ann.membership == TRAIN).all()
+    assert ann.split_names == ("default",) and ann.membership[:, 0].tolist() == [TRAIN, TEST, TRAIN]
     assert ann.sources == (str(file),)
+    assert ann.notes == (f"{file}:2: label 'Happy' is used by 1 clip only (a typo?); its class cannot be tested",)
+    make_csv(tmp_path, "path,label,split\na,sad,train\nb,surprise,test\nc,happy,train\nd,surprised,train\n")
+    assert read_csv(tmp_path).class_names == ("happiness", "sadness", "surprise")
+
+
+def test_csv_classes_flag_fixes_names_and_order(tmp_path):
+    file = make_csv(tmp_path, "path,label,split\na,sad,train\nb,happy,test\nc,sad,test\n")
+    ann = read_annotations("csv", tmp_path, classes=("surprise", "sad", "Happy"))
+    assert ann.class_names == ("surprise", "sadness", "happiness")
+    assert [c.label for c in ann.clips] == [1, 2, 1]
+    assert ann.notes == (
+        f"{file}: class 'surprise' (from --classes) has no clip",
+        f"{file}:3: label 'happy' is used by 1 clip only (a typo?); its class cannot be tested",
+    )
+    raises_at(
+        file,
+        3,
+        "expected a label among surprise, sadness (--classes), found 'happy'; add it to --classes or fix the label",
+        call=lambda: read_csv(tmp_path, classes=("surprise", "sad")),
+    )
+    with pytest.raises(ConfigError, match=r"--classes: expected distinct class names .* found \['sad', 'sadness'\]"):
+        read_csv(tmp_path, classes=("sad", "sadness"))
+    with pytest.raises(ConfigError, match="--classes: expected only with --dataset csv"):
+        read_annotations("dfew", tmp_path, classes=("sad",))
+
+
+def test_a_misspelt_label_stops_with_its_line_unless_classes_lists_it(tmp_path):
+    rows = "".join(f"h{k},happiness,train\n" for k in range(3)) + "t,hapiness,test\ns1,sad,train\ns2,sad,test\n"
+    file = make_csv(tmp_path, "path,label,split\n" + rows)
+    raises_at(
+        file,
+        5,
+        "expected one spelling per class, found 'hapiness' (1 clip) beside 'happiness' (3 clips), near-duplicates "
+        "(similarity 0.94); fix the label, or pass --classes listing both to keep them as two classes",
+        call=lambda: read_csv(tmp_path),
+    )
+    ann = read_csv(tmp_path, classes=("happiness", "hapiness", "sadness"))  # the user says they are two classes
+    assert [c.label for c in ann.clips] == [0, 0, 0, 2, 2, 1]
+    raises_at(
+        file,
+        5,
+        "expected a label among happiness, sadness (--classes), found 'hapiness'; did you mean 'happiness'?",
+        call=lambda: read_csv(tmp_path, classes=("happiness", "sadness")),
+    )
+    make_csv(tmp_path, "path,label,split\na,hapiness,train\nb,sad,test\nc,sad,train\n")  # a typo of a known name
+    raises_at(
+        file,
+        2,
+        "expected a label such as 'happiness', found 'hapiness', a near-duplicate of that emotion's name",
+        call=lambda: read_csv(tmp_path),
+    )
+    make_csv(tmp_path, "path,label,split\na,cat,train\nb,dog,test\nc,cats,train\n")  # cat/cats: 0.86
+    raises_at(file, 4, "found 'cats' (1 clip) beside 'cat' (1 clip)", call=lambda: read_csv(tmp_path))
+
+
+def test_csv_paths_are_normalised_and_may_not_leave_the_root(tmp_path):
+    file = make_csv(tmp_path, "path,label,split\n./a/x,sad,train\nb//y/,happy,test\n/abs//z,sad,test\n")
+    ann = read_csv(tmp_path)
+    assert [c.id for c in ann.clips] == ["/abs/z", "a/x", "b/y"]
+    assert ann.clips[1].path == str(tmp_path / "a" / "x")
+    make_csv(tmp_path, "path,label,split\n./a/x,sad,train\na//x/,sad,train\n")
+    raises_at(file, 3, "found 'a/x' again (first at line 2)", call=lambda: read_csv(tmp_path))
+    make_csv(tmp_path, "path,label,split\na,sad,train\nsub/../../../etc/x,sad,test\n")
+    raises_at(
+        file,
+        3,
+        "expected a path inside --root (or an absolute path), found 'sub/../../../etc/x', which leads out of it",
+        call=lambda: read_csv(tmp_path),
+    )
+    make_csv(tmp_path, "path,label,split\n..,sad,train\n")
+    raises_at(file, 2, "found '..', which leads out of it", call=lambda: read_csv(tmp_path))
+    make_csv(tmp_path, "path,label,split\na/..,sad,train\n")
+    raises_at(
+        file, 2, "expected a clip's path inside --root, found 'a/..', the root itself", call=lambda: read_csv(tmp_path)
+    )
+
+
+def test_csv_without_split_column_gets_a_seeded_stratified_split(tmp_path):
+    counts = {"happy": 10, "sad": 5, "surprise": 2, "fear": 1}
+    rows = "".join(f"{name}{k:02d},{name}\n" for name, n in counts.items() for k in range(n))
+    make_csv(tmp_path, "path,label\n" + rows)
+    ann = read_csv(tmp_path, test_fraction=0.2, seed=0)
+    labels = np.array([c.label for c in ann.clips])
+    test = ann.membership[:, 0] == TEST
+    names = ann.class_names
+    # round(0.2 n), at least 1 of a class with >= 2 clips, never all of a class; a lone clip trains
+    assert {names[c]: int(test[labels == c].sum()) for c in range(len(names))} == {
+        "fear": 0,
+        "happiness": 2,
+        "sadness": 1,
+        "surprise": 1,
+    }
+    assert set(ann.membership[:, 0].tolist()) == {TRAIN, TEST}
+    again = read_csv(tmp_path, test_fraction=0.2, seed=0)
+    assert np.array_equal(again.membership, ann.membership) and again.sha256() == ann.sha256()
+    other = [read_csv(tmp_path, test_fraction=0.2, seed=s).membership for s in range(1, 6)]
+    assert any(not np.array_equal(m, ann.membership) for m in other)  # the seed decides which clips
+    assert (read_csv(tmp_path, test_fraction=0.0).membership == TRAIN).all()
+    with pytest.raises(ConfigError, match=r"--test-fraction: expected a fraction in \[0, 1\), found 1.5"):
+        read_csv(tmp_path, test_fraction=1.5)
+
+
+def test_val_fraction_carves_validation_from_train_only(tmp_path):
+    rows = "".join(f"{name}{k:02d},{name},{'test' if k < 2 else 'train'}\n" for name in ("a1", "b2") for k in range(12))
+    make_csv(tmp_path, "path,label,split\n" + rows)
+    ann = read_annotations("csv", tmp_path, val_fraction=0.25, seed=3)
+    labels = np.array([c.label for c in ann.clips])
+    col = ann.membership[:, 0]
+    for c in (0, 1):  # 10 train clips per class: 2.5 -> 3 (rounded half up) become val; test untouched
+        assert ((col == VAL) & (labels == c)).sum() == 3 and ((col == TEST) & (labels == c)).sum() == 2
+    plain = read_annotations("csv", tmp_path)
+    assert np.array_equal(np.where(col == VAL, TRAIN, col), plain.membership[:, 0])
+    make_csv(tmp_path, "path,label,split\na,x1,val\nb,x1,train\nc,y2,test\nd,y2,train\n")
+    assert read_csv(tmp_path).membership[:, 0].tolist() == [VAL, TRAIN, TEST, TRAIN]
+    with pytest.raises(ConfigError, match="expected annotations without val clips, found 1 marked val"):
+        read_annotations("csv", tmp_path, val_fraction=0.2)
 
 
 def test_csv_with_split_and_free_labels(tmp_path):
@@ -288,8 +407,8 @@ def test_csv_errors(tmp_path):
     raises_at(file, None, "expected an annotation file", call=lambda: read_csv(tmp_path))
     make_csv(tmp_path, "file,label\na,happy\n")
     raises_at(file, 1, "columns path,label", "found 'file,label'", call=lambda: read_csv(tmp_path))
-    make_csv(tmp_path, "path,label,split\na,happy,train\nb,sad,val\n")
-    raises_at(file, 3, "expected split 'train' or 'test', found 'val'", call=lambda: read_csv(tmp_path))
+    make_csv(tmp_path, "path,label,split\na,happy,train\nb,sad,dev\n")
+    raises_at(file, 3, "expected split 'train', 'val' or 'test', found 'dev'", call=lambda: read_csv(tmp_path))
     make_csv(tmp_path, "path,label\na,happy\nb,\n")
     raises_at(file, 3, "expected a value in column 'label'", call=lambda: read_csv(tmp_path))
     make_csv(tmp_path, "path,label\na,happy\nb,sad,x\n")

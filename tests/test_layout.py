@@ -17,6 +17,7 @@ LAYERS = [
     ("tgdfer.train", "tgdfer.extract"),
     ("tgdfer.sweep",),
     ("tgdfer.apps",),
+    ("tgdfer.api",),  # the Python API gathers the layers below; tgdfer/__init__ reaches it lazily by name
     ("tgdfer.cli", "tgdfer.__main__"),
 ]
 
@@ -66,7 +67,7 @@ def test_nothing_outside_training_and_sweeps_imports_the_trainer():
         for name, path in _modules().items()
         if "tgdfer.train.engine" in _imports(path) and not name.startswith(("tgdfer.train", "tgdfer.sweep"))
     )
-    assert users == ["tgdfer.apps.demo", "tgdfer.cli"]  # the demo trains a model; the CLI has `train`
+    assert users == ["tgdfer.api", "tgdfer.apps.demo", "tgdfer.cli"]  # fit(), the demo's model, the CLI's train
 
 
 def test_errors_and_cli_import_no_torch():
@@ -75,3 +76,21 @@ def test_errors_and_cli_import_no_torch():
         top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
         top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in top if m.split(".")[0] in ("torch", "numpy", "h5py", "cv2")}, (module, top)
+
+
+def test_import_tgdfer_is_instant_and_its_api_names_resolve_lazily():
+    """``import tgdfer`` loads no torch; each API name comes from tgdfer.api on first use, and every one of its
+    exports is reachable so (the package's one upward reference, by name rather than an import statement)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tgdfer; assert 'torch' not in sys.modules and 'tgdfer.api' not in sys.modules; "
+        "import tgdfer.api as api; assert sorted(api.__all__) == sorted(tgdfer._API), tgdfer._API ^ set(api.__all__); "
+        "assert all(getattr(tgdfer, n) is getattr(api, n) for n in api.__all__); "
+        "assert set(api.__all__) <= set(dir(tgdfer)); print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+    root = Path(tgdfer.__file__).parent
+    assert _imports(root / "__init__.py") == set()  # no import statement: the layers stay one-way

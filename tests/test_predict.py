@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tgdfer.apps.predict import PredictError, explain, format_predictions, predict
+from tgdfer.apps.predict import PredictError, explain, format_predictions, predict, preprocessing
 from tgdfer.apps.synthetic import make_clip, make_csv_dataset, write_frame_folder, write_video
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, apply_overrides
-from tgdfer.data.sampling import TEST_VIEW, centre_indices
-from tgdfer.errors import RunError
+from tgdfer.data.sampling import SAMPLING_RULE, TEST_VIEW, centre_indices
+from tgdfer.errors import ConfigError, RunError
 from tgdfer.extract import extract
 from tgdfer.features.cache import load_cache
 from tgdfer.model.inference import predict_features as predict_views
@@ -29,7 +30,7 @@ from tgdfer.train.engine import fit
 from tgdfer.train.runs import load_run
 
 CLASSES = ("happiness", "sadness", "surprise")  # drawn in the training clips
-NAMES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")  # a basic-emotion CSV: all 7
+NAMES = CLASSES  # a CSV's classes are its own labels, sorted: no DFEW classes the data never had
 T = 8  # frames per view of the test run: small, so the whole file stays fast
 ASTRONAUT_FACE = (175, 45, 275, 185)  # (x0, y0, x1, y1) of the face, hair to chin, in skimage's 512 x 512 image
 
@@ -89,7 +90,8 @@ def test_predict_a_video_and_a_frame_folder(trained, clips):
     """Mechanics only (random tiny CLIP): T influences, probabilities summing to 1, JSON-ready, input order."""
     run, _ = trained
     video, folder = clips
-    results = predict([str(video), str(folder)], PredictConfig(run=str(run), device="cpu", workers=0))
+    cfg = PredictConfig(run=str(run), device="cpu", workers=0, face_crop=True)
+    results = predict([str(video), str(folder)], cfg, log=lambda s: None)
     assert [r["path"] for r in results] == [str(video), str(folder)]
     _check_ok(results[0], 20)
     _check_ok(results[1], 13)
@@ -142,7 +144,8 @@ def test_a_real_face_is_found_and_cropped(trained, tmp_path):
     frames = [image[2 * k : 2 * k + 224, 4 * k : 4 * k + 224] for k in range(8)]
     folder = write_frame_folder(tmp_path / "astronaut", frames)
     png = tmp_path / "astronaut.png"
-    result = explain(str(folder), PredictConfig(run=str(run), device="cpu"), png=str(png))  # predict's dict + figure
+    cfg = PredictConfig(run=str(run), device="cpu", face_crop=True)
+    result = explain(str(folder), cfg, png=str(png))  # predict's dict + figure
     missing = T - sum(result["face_found"])
     assert result["ok"] and missing <= 1, result["face_found"]
     expected = None if missing == 0 else f"no face found in 1 of {T} sampled frames"
@@ -157,10 +160,53 @@ def test_a_video_without_a_face_is_reported_not_fatal(trained, tmp_path):
     ramp = np.linspace(0, 255, 96, dtype=np.float32)
     frames = [np.dstack([np.tile(ramp, (72, 1))] * 3).clip(0, 255).astype(np.uint8) // (1 + k % 2) for k in range(12)]
     video = write_video(tmp_path / "wall.mp4", frames)
-    result = predict([str(video)], PredictConfig(run=str(run), device="cpu"))[0]
+    result = predict([str(video)], PredictConfig(run=str(run), device="cpu", face_crop=True), log=lambda s: None)[0]
     assert result["ok"] and result["face_found"] == [False] * T and result["frames_without_face"] == T
-    assert "no face" in result["warning"]
-    assert "0/8 (full frames)" in format_predictions([result])
+    assert result["warning"] == "no face found in any sampled frame: the full frames were used"
+    table = format_predictions([result])
+    assert "0/8 (full frames)" in table  # the warning shows in the table, not only with --json
+    assert f"warning: {video}: no face found in any sampled frame: the full frames were used" in table.splitlines()
+
+    strict = PredictConfig(run=str(run), device="cpu", face_crop=True, require_face=True)
+    [failed] = predict([str(video)], strict, log=lambda s: None)
+    assert not failed["ok"] and failed["predicted"] is None and failed["face_found"] == [False] * T
+    assert failed["error"] == f"no face found in any of the 8 sampled frames (--require-face): {video}"
+    with pytest.raises(ConfigError, match="--require-face: expected face detection on, found face crop off"):
+        predict([str(video)], PredictConfig(run=str(run), device="cpu", require_face=True))
+
+
+def test_predict_preprocesses_as_the_runs_cache_and_reports_an_override(trained, clips):
+    """The fixture's cache was extracted without face crops: predict follows it unless told, and then says so."""
+    run, _ = trained
+    video, _ = clips
+    logged = []
+    [plain] = predict([str(video)], PredictConfig(run=str(run), device="cpu", workers=0), log=logged.append)
+    assert plain["face_crop"] is False and plain["note"] is None and logged == []
+    [crop] = predict([str(video)], PredictConfig(run=str(run), device="cpu", face_crop=True), log=logged.append)
+    note = (
+        "face crop on (--face-crop), but the run's cache was extracted without face crops: the model sees other "
+        "pixels than it was trained on"
+    )
+    assert crop["face_crop"] is True and crop["note"] == note and logged == [f"predict: {note}"]
+    made_with_crops = SimpleNamespace(identity={"face_crop": True, "sampling": SAMPLING_RULE})
+    assert preprocessing(made_with_crops, None) == (True, None)
+    assert preprocessing(made_with_crops, False)[1].startswith("face crop off (--no-face-crop), but the run's cache")
+    assert preprocessing(SimpleNamespace(identity={}), None) == (False, None)  # no record: no crops were made
+
+
+def test_frames_in_memory_predict_as_their_frame_folder(trained, clips):
+    run, _ = trained
+    _, folder = clips
+    frames = [np.asarray(Image.open(folder / f"{k}.jpg").convert("RGB")) for k in range(1, 14)]
+    cfg = PredictConfig(run=str(run), device="cpu", workers=0)
+    [from_disk] = predict([str(folder)], cfg)
+    [in_memory] = predict(["mine"], cfg, frames=[np.stack(frames)])
+    assert in_memory["path"] == "mine" and in_memory["frame_indices"] == from_disk["frame_indices"]
+    np.testing.assert_allclose(
+        list(in_memory["probabilities"].values()), list(from_disk["probabilities"].values()), atol=1e-5
+    )
+    [bad] = predict(["grey"], cfg, frames=[np.zeros((5, 8, 8), np.uint8)])
+    assert not bad["ok"] and bad["error"].startswith("expected frames as (H, W, 3) uint8 RGB arrays, found (8, 8)")
 
 
 def test_a_corrupt_file_beside_a_good_one(trained, clips, tmp_path):
@@ -194,7 +240,7 @@ def test_explain_draws_figure_4(trained, clips, tmp_path):
     out = explain(str(video), PredictConfig(run=str(run), device="cpu", face_crop=False), png=str(png))
     assert out["explained"] == out["predicted"] and len(out["influence"]) == T
     image = Image.open(png)
-    assert image.size == influence_png_size(T) == (1132, 232)
+    assert image.size == influence_png_size(T) == (1524, 310)  # one row of 8 cells of 160 px
     pixels = np.asarray(image.convert("RGB")).astype(np.float32)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
 
@@ -206,7 +252,7 @@ def test_explain_draws_figure_4(trained, clips, tmp_path):
         target=other,
     )
     assert again["explained"] == other and again["predicted"] == out["predicted"]
-    assert Image.open(tmp_path / "other.png").size == (1132, 232)
+    assert Image.open(tmp_path / "other.png").size == (1524, 310)
     with pytest.raises(ValueError, match="expected one of the run's classes"):
         explain(str(video), PredictConfig(run=str(run), device="cpu"), png=str(tmp_path / "y.png"), target="joy")
 

@@ -98,10 +98,26 @@ def extract(
     array_tasks: Annotated[
         int | None, typer.Option(help="Blocks the shards are cut into, e.g. $SLURM_ARRAY_TASK_COUNT")
     ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="csv: the classes, in order, e.g. sad,surprise,happy (default: the labels)")
+    ] = None,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help=f"csv without a split column: test share per class ({_default(ExtractConfig, 'test_fraction')})"
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Share of train clips per class kept for validation ({_default(ExtractConfig, 'val_fraction')})"
+        ),
+    ] = None,
     set_: Sets = None,
 ) -> None:
     """Stage 1: encode every clip's sampled frames with frozen CLIP into an HDF5 feature cache."""
     flags = {k: v for k, v in locals().items() if k != "set_"}
+    flags["classes"] = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes is not None else None
     from tgdfer.extract import extract as run_extract
 
     flags["out"] = out or Path("cache") / f"{dataset}.h5"
@@ -205,7 +221,7 @@ def ablate(
         raise typer.Exit(1)
 
 
-_FACE_HELP = "Detect and crop faces first; --no-face-crop when inputs are face crops already (DFEW)"
+_FACE_HELP = "Crop faces first, or not; default: as the run's cache was made (an override is reported)"
 
 
 @app.command()
@@ -220,6 +236,9 @@ def predict(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Decode processes; -1: one per core but one (default -1)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
+    require_face: Annotated[
+        bool | None, typer.Option("--require-face", help="Fail inputs with no face in any sampled frame")
+    ] = None,
 ) -> None:
     """Classify clips with a trained run: class, probabilities, per-frame influence."""
     import json
@@ -228,6 +247,7 @@ def predict(
     from tgdfer.apps.predict import predict as run_predict
 
     flags = {"run": run, "face_crop": face_crop, "device": device, "batch_clips": batch_clips, "workers": workers}
+    flags["require_face"] = require_face
     results = run_predict([str(p) for p in paths], _build(PredictConfig, {**flags, "clip": clip}))
     print(json.dumps(results, indent=2) if json_ else format_predictions(results))
     if not all(r["ok"] for r in results):

@@ -113,6 +113,9 @@ class ExtractConfig:
     shard_range: str | None = None  # "A:B": only shards A..B-1 (clipped to the shard count); None: every shard
     array_task: int | None = None  # with array_tasks: this task's block, e.g. $SLURM_ARRAY_TASK_ID
     array_tasks: int | None = None  # how many blocks the shards are cut into, e.g. $SLURM_ARRAY_TASK_COUNT
+    classes: tuple[str, ...] | None = None  # csv: these classes in this order; None: the CSV's labels, sorted
+    test_fraction: float = 0.2  # csv without a split column: share of each class held out for testing (seeded)
+    val_fraction: float = 0.0  # share of each split's train clips per class kept for validation (membership 3)
 
     def __post_init__(self) -> None:
         _checked(
@@ -128,6 +131,8 @@ class ExtractConfig:
                     ),
                     f"0 <= array_task < array_tasks={self.array_tasks}, both given or neither, and no shard_range",
                 ),
+                "test_fraction": (lambda x: 0 <= x < 1, "a fraction in [0, 1)"),
+                "val_fraction": (lambda x: 0 <= x < 1, "a fraction in [0, 1)"),
                 "frames": (_at_least(1), "T >= 1 frames per view"),
                 "views": (_at_least(0), "0 or more train views"),
                 "batch_size": (_at_least(1), "a batch of >= 1 frames"),
@@ -271,7 +276,8 @@ class PredictConfig:
 
     run: str = "cache/runs/dfew-fold1"  # run directory written by `tgdfer train`
     device: str = "auto"  # auto: CUDA when present, else CPU
-    face_crop: bool = True  # detect and crop faces first; False for inputs that are face crops already (DFEW)
+    face_crop: bool | None = None  # None: as the run's cache was made (its face_crop); True/False overrides it
+    require_face: bool = False  # an input with no face in any sampled frame fails (ok=False) instead of a warning
     batch_clips: int = 16  # clips per encoder call: B*T frames through CLIP at once
     workers: int = -1  # decode processes; -1: one per CPU core but one
     clip: str | None = None  # CLIP weights; default the run's own (checked by SHA-256)

@@ -25,13 +25,13 @@ import hashlib
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tgdfer import __version__
 from tgdfer.atomic import is_disk_full, remove_stale_temporaries, write_text
@@ -54,6 +54,7 @@ from tgdfer.features.cache import (
     write_shard,
 )
 from tgdfer.locks import exclusive, lock_path
+from tgdfer.progress import Progress
 
 
 @dataclass
@@ -90,6 +91,57 @@ def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict
     }
 
 
+# The option a user changes for each stored setting, for a refused rerun's message.
+_SETTING_FLAGS = {
+    "dataset": "--dataset",
+    "annotations_sha256": "the annotations (labels, paths, splits, --classes, --test-fraction, --val-fraction)",
+    "clip_sha256": "--clip (weights sha256)",
+    "frames": "--frames",
+    "train_views": "--views",
+    "seed": "--seed",
+    "image_size": "CLIP input size",
+    "face_crop": "--face-crop",
+    "shard_clips": "--shard-clips",
+    "dtype": "--precision",
+    "batch_size": "--batch-size",
+    "augment": "--set augment",
+}
+
+
+def _stored_settings(header: dict) -> dict:
+    text = header.get("settings")
+    text = text.decode() if isinstance(text, bytes) else text
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _shown(value) -> str:
+    text = str(value)
+    text = text[:12] + "..." if len(text) > 40 else text  # hashes and long descriptions: enough to tell apart
+    return repr(text) if isinstance(value, str) else text
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """'--face-crop: False -> True' for every setting (or augment.* entry) that differs between two settings dicts."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        flag = _SETTING_FLAGS.get(key, key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += [
+                f"{flag}.{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}"
+                for k in sorted(set(a) | set(b))
+                if a.get(k) != b.get(k)
+            ]
+        else:
+            changes.append(f"{flag}: {_shown(a)} -> {_shown(b)}")
+    return changes
+
+
 def _lock_outputs(entry: Path, mine: list[int], me: Ranks, held: contextlib.ExitStack) -> None:
     """Lock this rank's shards (and on rank 0 the entry) for the rest of the run; see the module docstring."""
     if me.rank == 0:
@@ -101,7 +153,12 @@ def _lock_outputs(entry: Path, mine: list[int], me: Ranks, held: contextlib.Exit
 
 
 def _plan_shards(
-    cfg: ExtractConfig, n_clips: int, me: Ranks, fingerprint: str, held: contextlib.ExitStack
+    cfg: ExtractConfig,
+    n_clips: int,
+    me: Ranks,
+    fingerprint: str,
+    held: contextlib.ExitStack,
+    settings: dict | None = None,
 ) -> tuple[list[int], list[int]]:
     """(shards this rank must encode, shards this rank finds already committed and sound); locks them in ``held``."""
     entry = Path(cfg.out)
@@ -124,9 +181,10 @@ def _plan_shards(
         if header is None:
             todo.append(k)
         elif header["fingerprint"] != fingerprint:
+            changes = settings_diff(_stored_settings(header), json.loads(json.dumps(settings or {})))
             raise ExtractError(
-                f"{shard_path(entry, k)} was made with other settings than this run's (model, frames, views, seed, "
-                f"annotations, ...). Expected settings hash {fingerprint[:12]}, found {header['fingerprint'][:12]}. "
+                f"{shard_path(entry, k)} was made with other settings than this run's: "
+                f"{'; '.join(changes) or 'unknown (a shard without its settings)'}. "
                 "Pass --overwrite to redo it, or choose another --out"
             )
         elif (problem := shard_data_problem(shard_path(entry, k))) is not None:
@@ -216,6 +274,8 @@ def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprin
         num_frames=np.array([m["num_frames"] for m in meta], dtype=np.int32),
         failed_rows=np.array([r for r, _ in buffer.failed], dtype=np.int32),
         failed_reasons=tuple(reason for _, reason in buffer.failed),
+        face_frames=np.array([_face_frames(m)[0] for m in meta], dtype=np.int32),
+        sampled_frames=np.array([_face_frames(m)[1] for m in meta], dtype=np.int32),
     )
     if len(data.features) != len(data.view_row):
         raise ExtractError(
@@ -223,6 +283,12 @@ def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprin
             "planned; this is a bug in tgdfer"
         )
     write_shard(shard_path(entry, buffer.index), data, fingerprint, settings)
+
+
+def _face_frames(item: dict) -> tuple[int, int]:
+    """(distinct sampled frames with a face found, distinct frames sampled) of one ClipViews item."""
+    frames, found = np.asarray(item["view_frames"]), np.asarray(item["face_found"], dtype=bool)  # (V, T) each
+    return len(np.unique(frames[found])), len(np.unique(frames))
 
 
 def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, settings: dict, me: Ranks) -> dict:
@@ -240,13 +306,7 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
     buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None
     remaining = len(buffer.rows) if buffer else 0
     start = time.perf_counter()
-    bar = tqdm(
-        total=len(jobs),
-        unit="clip",
-        desc=f"extract[{me.rank}]" if me.world > 1 else "extract",
-        disable=None,
-        dynamic_ncols=True,
-    )
+    bar = Progress(len(jobs), f"extract[{me.rank}]" if me.world > 1 else "extract")
     for item in loader:
         if item["error"] is not None:
             if cfg.strict:
@@ -267,12 +327,11 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
             if buffer.pending_frames >= cfg.batch_size:
                 _flush(buffer, clip, cfg.batch_size, final=False)
         remaining -= 1
-        bar.update(1)
         bar.set_postfix(
             frames_s=f"{stats['frames'] / max(time.perf_counter() - start, 1e-9):.0f}",
             failed=stats["failures"],
-            refresh=False,
         )
+        bar.update(1)
         if remaining == 0:
             _flush(buffer, clip, cfg.batch_size, final=True)
             _commit(buffer, entry, cfg.frames, clip.dim, fingerprint, settings)
@@ -341,9 +400,20 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
             f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
             f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
         )
-    annotations = read_annotations(cfg.dataset, cfg.root, cfg.annotations)
+    annotations = read_annotations(
+        cfg.dataset,
+        cfg.root,
+        cfg.annotations,
+        classes=cfg.classes,
+        test_fraction=cfg.test_fraction,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+    )
     if not annotations.clips:
         raise ExtractError(f"the {cfg.dataset} annotations under {cfg.root} list no clips")
+    if me.rank == 0:
+        for note in annotations.notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
     if me.world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
     device = resolve_device(cfg.device, me.local)
@@ -358,7 +428,7 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     n_shards = max(1, math.ceil(len(annotations.clips) / cfg.shard_clips))
     busy = None
     try:
-        todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, held)
+        todo, done = _plan_shards(cfg, len(annotations.clips), me, fingerprint, held, settings)
     except BusyError as exc:
         busy = str(exc)
     if me.world > 1:  # every rank stops if one found its outputs taken (not only that rank, leaving the rest waiting)

@@ -30,14 +30,22 @@ def _save(fig, path: str | Path, **kwargs) -> Path:
     return path
 
 
-def confusion_png(
-    confusion: np.ndarray, class_names: tuple[str, ...] | list[str], path: str | Path, title: str = ""
-) -> Path:
-    """Row-normalised confusion matrix in percent (rows: true class), counts summed over folds if given so."""
-    plt = _pyplot()
+def confusion_cells(confusion: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+    """(C, C) counts (rows true) -> ((C, C) percent of the true class, cell texts "45.0%" over "(9)")."""
     m = np.asarray(confusion, dtype=np.float64)
     rows = m.sum(axis=1, keepdims=True)
     pct = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0) * 100.0
+    texts = [[f"{pct[i, j]:.1f}%\n({int(m[i, j])})" for j in range(m.shape[1])] for i in range(m.shape[0])]
+    return pct, texts
+
+
+def confusion_png(
+    confusion: np.ndarray, class_names: tuple[str, ...] | list[str], path: str | Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion matrix (rows: true class): percent of the true class and, beneath, the count
+    (summed over folds if given so)."""
+    plt = _pyplot()
+    pct, texts = confusion_cells(confusion)
     n = len(class_names)
     size = max(4.5, 0.75 * n + 2.0)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
@@ -47,10 +55,11 @@ def confusion_png(
             ax.text(
                 j,
                 i,
-                f"{pct[i, j]:.1f}",
+                texts[i][j],
                 ha="center",
                 va="center",
                 fontsize=8,
+                linespacing=1.1,
                 color="white" if pct[i, j] > 55 else "black",
             )
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
@@ -77,6 +86,11 @@ def curves_png(history: list[dict], path: str | Path) -> Path:
         ep = [int(r["epoch"]) for r in evaluated]
         right.plot(ep, [float(r["test_war"]) for r in evaluated], marker=".", label="WAR (test)")
         right.plot(ep, [float(r["test_uar"]) for r in evaluated], marker=".", label="UAR (test)")
+    validated = [r for r in history if r.get("val_war") not in ("", None)]
+    if validated:  # the curves to choose an epoch on
+        ep = [int(r["epoch"]) for r in validated]
+        right.plot(ep, [float(r["val_war"]) for r in validated], marker="x", label="WAR (val)")
+        right.plot(ep, [float(r["val_uar"]) for r in validated], marker="x", label="UAR (val)")
     right.plot(epochs, [float(r["train_acc"]) for r in history], linestyle="--", color="grey", label="train accuracy")
     right.set_xlabel("epoch")
     right.set_ylabel("%")
@@ -88,22 +102,32 @@ def curves_png(history: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-# Fig. 4 layout in pixels at 100 dpi, so the PNG's size depends on T alone (never on the title's text).
+# Fig. 4 layout in pixels at 100 dpi, so the PNG's size depends on T alone (never on the title's text). At most
+# _PER_ROW frames per row (T = 16: two rows), so a figure shown at page width (~800 px) keeps thumbnails of
+# ~85 px and text ~10 px high; one row of 16 was 2140 px wide, its 8-point text ~4 px high at that width.
 _DPI = 100
-_CELL, _GAP = 120, 6  # frame thumbnail side and the gap between thumbnails
-_LEFT, _RIGHT, _MIN_WIDTH = 20, 110, 640  # the right margin holds the colour scale
-_TITLE, _LABEL, _BAR, _SPACE, _BOTTOM = 44, 20, 30, 4, 14  # heights of the rows, top to bottom
+_PER_ROW = 8
+_CELL, _GAP = 160, 10  # frame thumbnail side and the gap between thumbnails
+_LEFT, _RIGHT, _MIN_WIDTH = 24, 150, 640  # the right margin holds the colour scale
+_TITLE, _LABEL, _BAR, _SPACE, _ROW_GAP, _BOTTOM = 70, 28, 38, 4, 16, 10  # heights, top to bottom
+_TITLE_PT, _LABEL_PT, _VALUE_PT, _SCALE_PT = 16, 14, 14, 12  # font sizes in points
 
 
-def _cell(t: int) -> int:
-    return _CELL if t <= 16 else max(48, (16 * _CELL) // t)  # long clips: smaller thumbnails, a bounded width
+def _grid(t: int) -> tuple[int, int]:
+    """(rows, columns) of thumbnails for T frames."""
+    cols = min(t, _PER_ROW)
+    return -(-t // cols), cols
+
+
+def _row_height() -> int:
+    return _LABEL + _CELL + _SPACE + _BAR + _ROW_GAP
 
 
 def influence_png_size(t: int) -> tuple[int, int]:
     """(width, height) in pixels of ``influence_png``'s figure for T frames."""
-    cell = _cell(t)
-    width = max(_MIN_WIDTH, _LEFT + t * cell + (t - 1) * _GAP + _RIGHT)
-    return width, _TITLE + _LABEL + cell + _SPACE + _BAR + _BOTTOM
+    rows, cols = _grid(t)
+    width = max(_MIN_WIDTH, _LEFT + cols * _CELL + (cols - 1) * _GAP + _RIGHT)
+    return width, _TITLE + rows * _row_height() - _ROW_GAP + _BOTTOM
 
 
 def influence_png(
@@ -114,7 +138,8 @@ def influence_png(
     frame_numbers: np.ndarray | None = None,
     no_face: np.ndarray | None = None,
 ) -> Path:
-    """Fig. 4: the T sampled frames in a row, with their min-max normalised influence as a colour bar beneath.
+    """Fig. 4: the T sampled frames in rows of up to 8, with their min-max normalised influence as a colour bar
+    beneath each.
 
     frames (T, H, W, 3) uint8 RGB; influence (T,) raw instance scores of the explained class; frame_numbers (T,)
     labels the frames (default 1..T); no_face (T,) bool marks frames where no face was found. The colour of the
@@ -132,8 +157,8 @@ def influence_png(
 
     norm = minmax(influence)
     width, height = influence_png_size(t)
-    cell = _cell(t)
-    strip = t * cell + (t - 1) * _GAP
+    rows, cols = _grid(t)
+    strip = cols * _CELL + (cols - 1) * _GAP
     left = max(_LEFT, (width - _RIGHT - strip) // 2)  # centre a short strip under a title that needs the room
     fig = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
     cmap = plt.get_cmap("viridis")  # purple (low) to yellow (high), as the paper's Fig. 4
@@ -142,28 +167,30 @@ def influence_png(
         """Pixels from the figure's top-left -> matplotlib's [left, bottom, width, height] fractions."""
         return [x / width, 1 - (top + h) / height, w / width, h / height]
 
-    frame_top = _TITLE + _LABEL
-    bar_top = frame_top + cell + _SPACE
     for i in range(t):
-        x = left + i * (cell + _GAP)
-        ax = fig.add_axes(box(x, frame_top, cell, cell))
+        row, col = divmod(i, cols)
+        x = left + col * (_CELL + _GAP)
+        frame_top = _TITLE + row * _row_height() + _LABEL
+        ax = fig.add_axes(box(x, frame_top, _CELL, _CELL))
         ax.imshow(frames[i])
         ax.set_axis_off()
         label = f"#{int(frame_numbers[i])}" if frame_numbers is not None else str(i + 1)
         missing = no_face is not None and bool(no_face[i])
         ax.set_title(
-            label + (" no face" if missing else ""), fontsize=8, color="tab:red" if missing else "black", pad=3
+            label + (" no face" if missing else ""),
+            fontsize=_LABEL_PT,
+            color="tab:red" if missing else "black",
+            pad=3,
         )
-        bar = fig.add_axes(box(x, bar_top, cell, _BAR))
+        bar = fig.add_axes(box(x, frame_top + _CELL + _SPACE, _CELL, _BAR))
         bar.imshow([[norm[i]]], cmap=cmap, vmin=0, vmax=1, aspect="auto")
         bar.set_xticks([])
         bar.set_yticks([])
-        bar.text(
-            0, 0, f"{norm[i]:.2f}", ha="center", va="center", fontsize=8, color="black" if norm[i] > 0.6 else "white"
-        )
-    scale = fig.add_axes(box(left + strip + 24, frame_top, 12, cell + _SPACE + _BAR))
+        color = "black" if norm[i] > 0.6 else "white"
+        bar.text(0, 0, f"{norm[i]:.2f}", ha="center", va="center", fontsize=_VALUE_PT, color=color)
+    scale = fig.add_axes(box(left + strip + 30, _TITLE + _LABEL, 16, rows * _row_height() - _ROW_GAP - _LABEL))
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=scale, ticks=[0, 0.5, 1])
-    scale.tick_params(labelsize=7)
-    scale.set_ylabel("influence", fontsize=8)
-    fig.suptitle(title, fontsize=10, y=1 - 4 / height, va="top", wrap=True)  # two lines fit the title row
+    scale.tick_params(labelsize=_SCALE_PT)
+    scale.set_ylabel("influence", fontsize=_SCALE_PT)
+    fig.suptitle(title, fontsize=_TITLE_PT, y=1 - 6 / height, va="top", wrap=True)  # two lines fit the title row
     return _save(fig, path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)

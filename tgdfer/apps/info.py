@@ -6,6 +6,8 @@ import numpy as np
 
 from tgdfer.features.cache import FeatureCache, load_cache
 
+_ROLES = ((1, "train"), (3, "val"), (2, "test"))  # membership codes, in the order they are printed
+
 
 def describe(cache: FeatureCache) -> list[str]:
     """Lines describing a loaded cache: size, provenance, splits, clips per class, failures."""
@@ -19,10 +21,34 @@ def describe(cache: FeatureCache) -> list[str]:
     ]
     for k, name in enumerate(cache.split_names):
         col = cache.membership[:, k]
-        lines.append(f"  split {name}: {int((col == 1).sum())} train, {int((col == 2).sum())} test clips")
+        val = f", {int((col == 3).sum())} val" if (col == 3).any() else ""
+        lines.append(f"  split {name}: {int((col == 1).sum())} train{val}, {int((col == 2).sum())} test clips")
     counts = np.bincount(cache.labels, minlength=len(cache.class_names))
-    lines.append("  clips per class: " + ", ".join(f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)))
+    per_class = [f"{c} {n}" for c, n in zip(cache.class_names, counts, strict=True)]
+    if len(cache.split_names) == 1:  # one split (FERV39k, CSV): where each class's clips went
+        col = cache.membership[:, 0]
+        for k in range(len(cache.class_names)):
+            roles = [(name, int(((col == code) & (cache.labels == k)).sum())) for code, name in _ROLES]
+            per_class[k] += " (" + ", ".join(f"{n} {name}" for name, n in roles if n or name != "val") + ")"
+    lines.append("  clips per class: " + ", ".join(per_class))
+    lines += _faces(cache)
     return lines
+
+
+def _faces(cache: FeatureCache) -> list[str]:
+    """How many sampled frames had a face, when the cache was made with face crops and recorded it."""
+    if not cache.attrs.get("face_crop"):
+        return ["  faces: not cropped (extracted without --face-crop)"]
+    if cache.face_frames is None or cache.sampled_frames is None:
+        return ["  faces: cropped; frames with a face not recorded (a cache from an older tgdfer)"]
+    found, sampled = int(cache.face_frames.sum()), int(cache.sampled_frames.sum())
+    none = np.flatnonzero(cache.face_frames == 0)
+    lines = [
+        f"  faces: found in {found} of {sampled} sampled frames ({100 * found / max(sampled, 1):.1f}%); "
+        f"{len(none)} clips with no face (their full frames were encoded)"
+    ]
+    shown = ", ".join(str(cache.clip_ids[r]) for r in none[:5]) + (", ..." if len(none) > 5 else "")
+    return lines + ([f"  no face: {shown}"] if len(none) else [])
 
 
 def info(path: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tgdfer.labels import CLASS_NAMES
+from tgdfer.labels import CLASS_NAMES, canonical
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def make_clip(label: str, n: int, size: int, rng: np.random.Generator) -> tuple[
     """(frames as RGB uint8, (n,) intensity) of one generated clip of class ``label``."""
     look = random_look(rng, size)
     curve = intensity_curve(n, rng)
-    expr = EXPRESSIONS.get(label, Expression(smile=math.sin(sum(map(ord, label)))))
+    expr = EXPRESSIONS.get(canonical(label), Expression(smile=math.sin(sum(map(ord, label)))))  # "sad" = sadness
     jitter = rng.normal(0, 0.8, (n, 2)).cumsum(0).clip(-6, 6)
     frames = []
     for i in range(n):
@@ -195,9 +195,11 @@ def make_csv_dataset(
     test_fraction: float = 0.3,
     videos: bool = False,
     seed: int = 0,
+    split_column: bool = True,
 ) -> Path:
     """A users'-own-data tree: clips (frame folders, or .mp4 with ``videos``) and ``annotations.csv``
-    with columns path,label,split. Returns the CSV path."""
+    with columns path,label,split (path,label without ``split_column``: extract then splits it). Labels are
+    written as given in ``classes``. Returns the CSV path."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     rows = []
@@ -214,8 +216,8 @@ def make_csv_dataset(
     path = root / "annotations.csv"
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(r[:3] for r in rows)
+        writer.writerow(["path", "label", "split"] if split_column else ["path", "label"])
+        writer.writerows(r[:3] if split_column else r[:2] for r in rows)
     return path
 
 
@@ -234,12 +236,14 @@ def write_feature_cache(
     folds: int = 5,
     shard_clips: int = 4096,
     seed: int = 0,
+    dataset: str = "synthetic",
 ) -> np.ndarray:
     """A stage-1 cache of generated features, written through the real writer (stage 2 cannot tell).
 
-    Every view of a clip holds its class signal in only ``signal_frames`` of its T frames, at random positions:
-    those frames are ``signal * prototype[class] + noise``; all other frames are noise drawn the same way for
-    every class. Clip k is in the test set of fold k % folds. Returns the (V, T) bool mask of signal frames.
+        Every view of a clip holds its class signal in only ``signal_frames`` of its T frames, at random positions:
+        those frames are ``signal * prototype[class] + noise``; all other frames are noise drawn the same way for
+        every class. Clip k is in the test set of fold k % folds. ``dataset`` is the name the cache records (``ablate``
+    shows the paper's figures only beside a "dfew" cache). Returns the (V, T) bool mask of signal frames.
     """
     from tgdfer.data.datasets import Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
@@ -262,7 +266,7 @@ def write_feature_cache(
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
     membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
     membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2  # ... but in the test set of one
-    annotations = Annotations("synthetic", tuple(classes), split_names, clips, membership, ())
+    annotations = Annotations(dataset, tuple(classes), split_names, clips, membership, ())
     settings = {"generated": True, "seed": seed, "signal_frames": signal_frames}
     files = []
     for k, start in enumerate(range(0, n_clips, shard_clips)):

@@ -12,11 +12,13 @@ of ``path,label[,split]``.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -24,11 +26,12 @@ import numpy as np
 
 from tgdfer.data.video import VIDEO_EXTENSIONS
 from tgdfer.errors import AnnotationError, ConfigError
-from tgdfer.labels import CLASS_NAMES, canonical
+from tgdfer.labels import CLASS_NAMES, DESCRIPTORS, canonical
 
-ABSENT, TRAIN, TEST = 0, 1, 2  # membership codes (np.int8)
+ABSENT, TRAIN, TEST, VAL = 0, 1, 2, 3  # membership codes (np.int8); VAL: held out of train to choose an epoch
 DATASETS = ("dfew", "ferv39k", "mafw", "csv")
-_ROLES = {TRAIN: "train", TEST: "test"}
+_ROLES = {TRAIN: "train", TEST: "test", VAL: "val"}
+NEAR_DUPLICATE = 0.85  # difflib ratio from which two labels count as one misspelt (hapiness/happiness: 0.94)
 _FOLDS = tuple(f"fold{k}" for k in range(1, 6))
 _FOLD_ROLES = tuple((k, role) for k in range(5) for role in (TRAIN, TEST))  # the order files are read in
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -56,6 +59,7 @@ class Annotations:
     clips: tuple[ClipRecord, ...]
     membership: np.ndarray  # (clips, splits) int8; stored as a read-only copy so the digest cannot go stale
     sources: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # things worth a look that stop nothing (a label used once), printed by extract
 
     def __post_init__(self) -> None:
         membership = np.array(self.membership, dtype=np.int8)
@@ -271,51 +275,216 @@ def read_mafw(root: str | Path, annotations: str | Path | None = None) -> Annota
     return pool.build("mafw", [f for *_, f in files])
 
 
-def read_csv(root: str | Path, annotations: str | Path | None = None) -> Annotations:
-    """Users' own clips from a CSV with columns ``path,label`` and optionally ``split`` (train/test)."""
+def read_csv(
+    root: str | Path,
+    annotations: str | Path | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Annotations:
+    """Users' own clips from a CSV with columns ``path,label`` and optionally ``split`` (train / val / test).
+
+    Classes are the file's labels (``canonical`` names, synonyms folded), sorted, or ``classes`` in that order.
+    Paths are relative to ``root`` or absolute; ``./a/x`` and ``a//x/`` name one clip (ids are normalised), and a
+    relative path leaving ``root`` is refused. Without a split column, a seeded split stratified by class holds
+    out ``test_fraction`` of each class's clips for testing (``stratified``).
+    """
     root = _root(root)
     file = _absolute(annotations) if annotations is not None else root / "annotations.csv"
     _require([file], "a CSV with a header path,label[,split]")
-    roles = {"train": TRAIN, "test": TEST}
+    roles = {"train": TRAIN, "test": TEST, "val": VAL, "validation": VAL}
+    parsed = _csv_rows(file, ("path", "label"), ("split",))
+    has_split = "split" in parsed[0][1]
     rows = []
-    for line, row in _csv_rows(file, ("path", "label"), ("split",)):
+    for line, row in parsed:
         for column in ("path", "label"):
             if not row[column]:
                 raise AnnotationError(file, line, f"expected a value in column {column!r}, found nothing")
-        role = roles.get(row.get("split", "train").lower())
+        role = roles.get(row["split"].lower()) if has_split else TRAIN
         if role is None:
-            raise AnnotationError(file, line, f"expected split 'train' or 'test', found {row['split']!r}")
-        rows.append((line, row["path"], row["label"], role))
-    class_names, index = _csv_classes([label for _, _, label, _ in rows])
+            raise AnnotationError(file, line, f"expected split 'train', 'val' or 'test', found {row['split']!r}")
+        rows.append((line, _clip_id(row["path"], file, line), row["label"], role))
+    class_names, index, notes = _csv_classes([(line, label) for line, _, label, _ in rows], classes, file)
     pool = _Pool(class_names, ("default",))
     for line, clip_id, label, role in rows:
-        path = os.path.normpath(root / clip_id)  # an absolute path in the CSV replaces root
+        path = os.path.join(root, clip_id)  # an absolute id replaces root
         pool.add(clip_id, index[label], path, 0, role, file, line)
-    return pool.build("csv", [file])
+    built = pool.build("csv", [file])
+    if not has_split:
+        if not 0 <= test_fraction < 1:
+            raise ConfigError(f"--test-fraction: expected a fraction in [0, 1), found {test_fraction!r}")
+        labels = np.array([c.label for c in built.clips])
+        test = stratified(labels, class_names, test_fraction, seed, "test")
+        built = replace(built, membership=np.where(test, TEST, TRAIN).astype(np.int8)[:, None])
+    return replace(built, notes=tuple(notes))
 
 
-def _csv_classes(labels: list[str]) -> tuple[tuple[str, ...], dict[str, int]]:
-    """Class names for free-form labels, and each written label's index into them.
+def _clip_id(text: str, file: Path, line: int) -> str:
+    """A CSV path as a clip id: normalised (``./a/x``, ``a//x/`` -> ``a/x``); relative ones must stay in the root."""
+    clip_id = os.path.normpath(os.path.expanduser(text))
+    if clip_id == ".":
+        raise AnnotationError(file, line, f"expected a clip's path inside --root, found {text!r}, the root itself")
+    if not os.path.isabs(clip_id) and (clip_id == ".." or clip_id.startswith(".." + os.sep)):
+        raise AnnotationError(
+            file,
+            line,
+            f"expected a path inside --root (or an absolute path), found {text!r}, which leads out of it; move the "
+            "clip under the root or write its absolute path",
+        )
+    return clip_id
 
-    Sorted so the same label set always gives the same indices; the seven basic emotions keep DFEW's order
-    (all seven, so a model trained here lines up with DFEW/FERV39k prompts); integers sort numerically.
+
+def stratified(
+    labels: np.ndarray, class_names: tuple[str, ...], fraction: float, seed: int, purpose: str
+) -> np.ndarray:
+    """(n,) bool: ``fraction`` of each class's clips (rounded, at least 1 of a class of >= 2 clips, never all).
+
+    ``labels`` (n,) int class indices, in a stable clip order (ids sorted). Each class draws from its own generator
+    seeded by (seed, purpose, class name), so adding clips of one class leaves the other classes' draws alone.
     """
-    distinct = set(labels)
-    if all(_INTEGER.fullmatch(text) for text in distinct):
-        names = tuple(str(n) for n in sorted({int(text) for text in distinct}))
-        return names, {text: names.index(str(int(text))) for text in distinct}
-    folded = {text: canonical(text) for text in distinct}
-    basic = CLASS_NAMES["dfew"]
-    names = basic if set(folded.values()) <= set(basic) else tuple(sorted(set(folded.values())))
-    return names, {text: names.index(name) for text, name in folded.items()}
+    chosen = np.zeros(len(labels), dtype=bool)
+    if fraction <= 0:
+        return chosen
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = len(members)
+        if n < 2:
+            continue  # a lone clip trains (and is reported as used once)
+        k = min(max(int(n * fraction + 0.5), 1), n - 1)
+        digest = hashlib.sha256(json.dumps([int(seed), purpose, class_names[int(c)]]).encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        chosen[rng.permutation(members)[:k]] = True
+    return chosen
+
+
+def carve_validation(annotations: Annotations, fraction: float, seed: int) -> Annotations:
+    """Move ``fraction`` of each split's train clips (stratified by class, seeded) to VAL, for choosing an epoch
+    without looking at the test clips."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"--val-fraction: expected a fraction in [0, 1), found {fraction!r}")
+    if fraction == 0:
+        return annotations
+    membership = np.array(annotations.membership)
+    if (membership == VAL).any():
+        raise ConfigError(
+            f"--val-fraction: expected annotations without val clips, found {int((membership == VAL).sum())} marked "
+            "val in the split column; drop --val-fraction or the val rows"
+        )
+    labels = np.array([c.label for c in annotations.clips])
+    for s, name in enumerate(annotations.split_names):
+        train = np.flatnonzero(membership[:, s] == TRAIN)
+        val = stratified(labels[train], annotations.class_names, fraction, seed, f"val:{name}")
+        membership[train[val], s] = VAL
+    return replace(annotations, membership=membership)
+
+
+def _csv_classes(
+    rows: list[tuple[int, str]], classes: tuple[str, ...] | list[str] | None, file: Path
+) -> tuple[tuple[str, ...], dict[str, int], list[str]]:
+    """Class names for free-form labels, each written label's index into them, and notes worth a look.
+
+    ``rows`` are (line, label as written). Names are the canonical labels sorted (integers numerically), so the
+    same label set always gives the same indices, or ``classes`` in the given order. Without ``classes``, two labels
+    that differ by a typo (difflib ratio >= NEAR_DUPLICATE, among themselves or against a known emotion name) stop
+    here with the line of the rarer one; ``classes`` listing both keeps them apart.
+    """
+    first: dict[str, int] = {}
+    for line, text in rows:
+        first.setdefault(text, line)
+    if classes is not None:
+        names = tuple(canonical(c) for c in classes)
+        repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+        if repeated or not names:
+            raise ConfigError(
+                f"--classes: expected distinct class names (synonyms fold: happy = happiness), found {list(classes)}"
+            )
+        index = {}
+        for text, line in first.items():
+            name = canonical(text)
+            if name not in names:
+                close = difflib.get_close_matches(name, names, 1, NEAR_DUPLICATE)
+                hint = f"; did you mean {close[0]!r}?" if close else "; add it to --classes or fix the label"
+                raise AnnotationError(
+                    file, line, f"expected a label among {', '.join(names)} (--classes), found {text!r}{hint}"
+                )
+            index[text] = names.index(name)
+    elif all(_INTEGER.fullmatch(text) for text in first):
+        names = tuple(str(n) for n in sorted({int(text) for text in first}))
+        index = {text: names.index(str(int(text))) for text in first}
+    else:
+        folded = {text: canonical(text) for text in first}
+        names = tuple(sorted(set(folded.values())))
+        index = {text: names.index(name) for text, name in folded.items()}
+        _refuse_near_duplicates(rows, folded, file)
+    counts = Counter(index[text] for _, text in rows)
+    notes = [f"{file}: class {name!r} (from --classes) has no clip" for k, name in enumerate(names) if not counts[k]]
+    for text, line in first.items():
+        if counts[index[text]] == 1:
+            notes.append(f"{file}:{line}: label {text!r} is used by 1 clip only (a typo?); its class cannot be tested")
+    return names, index, notes
+
+
+def _clips(n: int) -> str:
+    return f"{n} clip" if n == 1 else f"{n} clips"
+
+
+def _refuse_near_duplicates(rows: list[tuple[int, str]], folded: dict[str, str], file: Path) -> None:
+    """Stop at a label that looks like a misspelling of another label of the file or of a known emotion."""
+    counts = Counter(folded[text] for _, text in rows)
+    line_of: dict[str, tuple[int, str]] = {}
+    for line, text in rows:
+        line_of.setdefault(folded[text], (line, text))
+    names = sorted(counts)
+    for a, b in ((a, b) for i, a in enumerate(names) for b in names[i + 1 :]):
+        ratio = difflib.SequenceMatcher(None, a, b).ratio()
+        if ratio >= NEAR_DUPLICATE:
+            # the typo: not a known emotion, then the rarer, then the one first seen later
+            typo, kept = sorted((a, b), key=lambda n: (n not in DESCRIPTORS, -counts[n], line_of[n][0]))[::-1]
+            line, text = line_of[typo]
+            raise AnnotationError(
+                file,
+                line,
+                f"expected one spelling per class, found {text!r} ({_clips(counts[typo])}) beside {kept!r} "
+                f"({_clips(counts[kept])}), near-duplicates (similarity {ratio:.2f}); fix the label, or pass --classes "
+                f"listing both to keep them as two classes",
+            )
+    for name in names:
+        close = [] if name in DESCRIPTORS else difflib.get_close_matches(name, DESCRIPTORS, 1, NEAR_DUPLICATE)
+        if close:
+            line, text = line_of[name]
+            raise AnnotationError(
+                file,
+                line,
+                f"expected a label such as {close[0]!r}, found {text!r}, a near-duplicate of that emotion's name; fix "
+                f"the label, or pass --classes including {name} to keep it as written",
+            )
 
 
 _READERS = {"dfew": read_dfew, "ferv39k": read_ferv39k, "mafw": read_mafw, "csv": read_csv}
 
 
-def read_annotations(dataset: str, root: str | Path, annotations: str | Path | None = None) -> Annotations:
-    """Read and check one dataset's annotations; ``annotations`` overrides where its files are looked for."""
-    reader = _READERS.get(str(dataset).strip().lower())
+def read_annotations(
+    dataset: str,
+    root: str | Path,
+    annotations: str | Path | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> Annotations:
+    """Read and check one dataset's annotations; ``annotations`` overrides where its files are looked for.
+
+    ``classes`` and ``test_fraction`` apply to ``csv`` (see ``read_csv``); ``val_fraction`` of every split's train
+    clips becomes VAL (``carve_validation``), seeded by ``seed``.
+    """
+    name = str(dataset).strip().lower()
+    reader = _READERS.get(name)
     if reader is None:
         raise AnnotationError(None, None, f"dataset: expected one of {', '.join(DATASETS)}, found {dataset!r}")
-    return reader(root, annotations)
+    if name == "csv":
+        found = read_csv(root, annotations, classes=classes, test_fraction=test_fraction, seed=seed)
+    elif classes is not None:
+        raise ConfigError(f"--classes: expected only with --dataset csv ({name} has fixed classes), found {classes}")
+    else:
+        found = reader(root, annotations)
+    return carve_validation(found, val_fraction, seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,7 +28,26 @@ from tgdfer.data.video import ClipError, read_sampled
 class ClipJob:
     row: int  # annotation row (or input number for predict)
     id: str  # seeds the train views: the same id always gets the same views
-    path: str  # frame folder or video file
+    path: str  # frame folder or video file (a name for ``frames``)
+    frames: object = field(default=None, compare=False, repr=False)  # or the clip's frames in memory: a (n, H, W,
+    #                                  3) uint8 RGB array or a list of n (H, W, 3) ones, sampled as a folder would be
+
+
+def _in_memory(frames, path: str, plan) -> tuple[int, dict[int, np.ndarray], list[np.ndarray]]:
+    """``read_sampled`` for frames already decoded: (frame count, {index: RGB frame}, the planned index arrays)."""
+    n = len(frames)
+    if n == 0:
+        raise ClipError(f"expected at least 1 frame, found none: {path}")
+    indices = plan(n)
+    decoded = {}
+    for i in np.unique(np.concatenate(indices)).tolist():
+        frame = np.asarray(frames[i])
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ClipError(
+                f"expected frames as (H, W, 3) uint8 RGB arrays, found {frame.shape} {frame.dtype} at frame {i}: {path}"
+            )
+        decoded[i] = np.ascontiguousarray(frame)
+    return n, decoded, indices
 
 
 def plan_views(
@@ -83,7 +102,10 @@ class ClipViews(Dataset):
             return plan["indices"]
 
         try:
-            n, decoded, indices = read_sampled(job.path, make_plan)
+            if job.frames is not None:
+                n, decoded, indices = _in_memory(job.frames, job.path, make_plan)
+            else:
+                n, decoded, indices = read_sampled(job.path, make_plan)
             decoded, found = self._faces(decoded)
         except ClipError as exc:
             return {"row": job.row, "error": str(exc)}

@@ -8,7 +8,8 @@ Layout of an entry file (``cache/dfew.h5``); V views, C clips, S splits, T frame
     views/index       (V,)      int16     which train view of its clip (0 for the test view)
     views/frames      (V, T)    int32     frame indices the view sampled
     clips/id, clips/path      (C,) str;   clips/label (C,) int16; clips/num_frames (C,) int32
-    clips/membership  (C, S)    int8      0 absent, 1 train, 2 test, per split (DFEW: the five folds)
+    clips/face_frames, clips/sampled_frames  (C,) int32   distinct sampled frames with a face found / sampled
+    clips/membership  (C, S)    int8      0 absent, 1 train, 2 test, 3 val, per split (DFEW: the five folds)
     failures/id, failures/path, failures/reason   clips skipped, with why
     shards/file, shards/digest, shards/views, shards/size   the shards behind ``features``, checked on every open
     attrs: model, weights hash, T, D, sampling, preprocessing, augmentation, dataset, classes, splits, version,
@@ -57,6 +58,8 @@ class ShardData:
     num_frames: np.ndarray  # (C,) int32 frame count of each of those clips
     failed_rows: np.ndarray  # (F,) int32 annotation rows that failed
     failed_reasons: tuple[str, ...]  # (F,) why
+    face_frames: np.ndarray | None = None  # (C,) int32 distinct sampled frames of each clip with a face found
+    sampled_frames: np.ndarray | None = None  # (C,) int32 distinct frames sampled over all views of each clip
 
 
 _SHARD_ARRAYS = (
@@ -69,6 +72,7 @@ _SHARD_ARRAYS = (
     "num_frames",
     "failed_rows",
 )
+_FACE_ARRAYS = ("face_frames", "sampled_frames")  # optional: caches written before they existed lack them
 
 
 def shard_dir(entry: str | Path) -> Path:
@@ -86,6 +90,11 @@ def _digest(data: ShardData) -> str:
         a = np.ascontiguousarray(getattr(data, name))
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
+    for name in _FACE_ARRAYS:
+        if getattr(data, name) is not None:
+            a = np.ascontiguousarray(getattr(data, name))
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
     h.update("\x00".join(data.failed_reasons).encode())
     return h.hexdigest()
 
@@ -105,6 +114,9 @@ def write_shard(path: str | Path, data: ShardData, fingerprint: str, settings: d
     with _h5_commit(path) as f:
         for name in _SHARD_ARRAYS:
             f.create_dataset(name, data=getattr(data, name))
+        for name in _FACE_ARRAYS:
+            if getattr(data, name) is not None:
+                f.create_dataset(name, data=getattr(data, name))
         f.create_dataset("failed_reasons", data=np.array(data.failed_reasons, dtype=object), dtype=_STR)
         f.attrs.update(
             index=data.index,
@@ -131,6 +143,7 @@ def shard_header(path: str | Path) -> dict | None:
 def read_shard(path: str | Path, features: bool = True) -> ShardData:
     with h5py.File(path, "r") as f:
         arrays = {n: f[n][()] for n in _SHARD_ARRAYS if n != "features" or features}
+        arrays |= {n: f[n][()] for n in _FACE_ARRAYS if n in f}
         if not features:
             arrays["features"] = np.empty((0, *f["features"].shape[1:]), np.float16)
         reasons = tuple(r.decode() if isinstance(r, bytes) else str(r) for r in f["failed_reasons"][()])
@@ -180,6 +193,9 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
         f.create_dataset("clips/path", data=_strings(clips[r].path for r in ok_rows), dtype=_STR)
         f["clips/label"] = np.array([clips[r].label for r in ok_rows], dtype=np.int16)
         f["clips/num_frames"] = num_frames.astype(np.int32)
+        if all(s.face_frames is not None and s.sampled_frames is not None for s in shards):
+            f["clips/face_frames"] = np.concatenate([s.face_frames for s in shards]).astype(np.int32)
+            f["clips/sampled_frames"] = np.concatenate([s.sampled_frames for s in shards]).astype(np.int32)
         f["clips/membership"] = annotations.membership[ok_rows].astype(np.int8)
         f.create_dataset("failures/id", data=_strings(clips[r].id for r, _ in failed), dtype=_STR)
         f.create_dataset("failures/path", data=_strings(clips[r].path for r, _ in failed), dtype=_STR)
@@ -229,7 +245,12 @@ def _attr(value):
 
 @dataclass(frozen=True, eq=False)
 class FeatureCache:
-    """A whole cache in memory (a DFEW cache is about 1 GB). Arrays as in the module docstring."""
+    """A whole cache in memory (a DFEW cache is about 1 GB). Arrays as in the module docstring.
+
+    Two kinds of rows: views (``features``, ``view_*``: V rows, each clip's test view and its train views) and clips
+    (``clip_*``, ``labels``, ``num_frames``, ``membership``, ``face_frames``: C rows, sorted by clip id);
+    ``view_clip[v]`` is the clip row of view v.
+    """
 
     path: str
     features: np.ndarray  # (V, T, D) float16
@@ -244,6 +265,8 @@ class FeatureCache:
     membership: np.ndarray  # (C, S) int8
     failures: tuple[tuple[str, str, str], ...]  # (id, path, reason)
     attrs: dict
+    face_frames: np.ndarray | None = None  # (C,) int32 distinct sampled frames with a face found; None: not recorded
+    sampled_frames: np.ndarray | None = None  # (C,) int32 distinct frames sampled over the clip's views
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -277,7 +300,7 @@ class FeatureCache:
         )
 
     def clips_in(self, split: int, role: int) -> np.ndarray:
-        """Clip rows whose membership in ``split`` is ``role`` (1 train, 2 test), (n,) int64."""
+        """Clip rows whose membership in ``split`` is ``role`` (1 train, 2 test, 3 val), (n,) int64."""
         return np.flatnonzero(self.membership[:, split] == role)
 
     def views_by_clip(self, kind: int) -> dict[int, np.ndarray]:
@@ -475,6 +498,8 @@ def load_cache(path: str | Path) -> FeatureCache:
                 )
             ),
             attrs={k: _attr(v) for k, v in f.attrs.items()},
+            face_frames=f["clips/face_frames"][()] if "clips/face_frames" in f else None,
+            sampled_frames=f["clips/sampled_frames"][()] if "clips/sampled_frames" in f else None,
         )
 
 

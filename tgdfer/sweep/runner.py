@@ -355,7 +355,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
         f"{','.join(folds)}, seeds {','.join(map(str, seeds))}{', --set ' + ' '.join(overrides) if overrides else ''}"
         f"; runs under {out_dir / 'runs'}."
     )
-    text, table_csv = render(spec, summary, context)
+    text, table_csv = render(spec, summary, context, dataset=str(attrs.get("dataset")))
     md, csv_path = out_dir / f"table{spec.number}.md", out_dir / f"table{spec.number}.csv"
     write_text(md, text)
     write_text(csv_path, table_csv)

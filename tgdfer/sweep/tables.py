@@ -182,13 +182,15 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
 
 
-def render(table: Table, summary: list[dict], context: str) -> tuple[str, str]:
-    """(markdown, csv) of per-row results beside the paper's figures.
+def render(table: Table, summary: list[dict], context: str, dataset: str = "dfew") -> tuple[str, str]:
+    """(markdown, csv) of per-row results, beside the paper's figures when the cache is DFEW's (``dataset``).
 
     ``summary`` holds one dict per row: label, setting, uar and war (lists over folds × seeds), runs, failed,
-    paper_uar, paper_war. Means and stds are over those lists (std with ddof 0, as ``metrics.summarize``).
+    paper_uar, paper_war. Means and stds are over those lists (std with ddof 0, as ``metrics.summarize``). The
+    paper's figures are DFEW's, so for any other dataset they are left out (the CSV keeps its columns, empty).
     """
-    header = ["row", "setting", "UAR (%)", "WAR (%)", "runs", "paper UAR", "paper WAR"]
+    paper = dataset == "dfew"
+    header = ["row", "setting", "UAR (%)", "WAR (%)", "runs", *(["paper UAR", "paper WAR"] if paper else [])]
     lines = [f"# Table {table.number}: {table.title} (tgdfer)", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "---|" * len(header))
     buffer = io.StringIO()
@@ -199,8 +201,15 @@ def render(table: Table, summary: list[dict], context: str) -> tuple[str, str]:
     for s in summary:
         runs = f"{s['runs']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
         cells = [s["label"], s["setting"], _cell(s["uar"]), _cell(s["war"]), runs]
-        lines.append("| " + " | ".join([*cells, f"{s['paper_uar']:.2f}", f"{s['paper_war']:.2f}"]) + " |")
+        figures = [f"{s['paper_uar']:.2f}", f"{s['paper_war']:.2f}"] if paper else []
+        lines.append("| " + " | ".join([*cells, *figures]) + " |")
         stats = [f"{f(s[m]):.4f}" if s[m] else "" for m in ("uar", "war") for f in (np.mean, np.std)]
-        writer.writerow([s["label"], s["setting"], *stats, s["runs"], s["failed"], s["paper_uar"], s["paper_war"]])
-    lines += ["", context, "", PAPER_NOTE, ""]
+        given = [s["paper_uar"], s["paper_war"]] if paper else ["", ""]
+        writer.writerow([s["label"], s["setting"], *stats, s["runs"], s["failed"], *given])
+    note = (
+        PAPER_NOTE
+        if paper
+        else f"The paper's figures are DFEW's; this cache's dataset is {dataset}, so none are shown."
+    )
+    lines += ["", context, "", note, ""]
     return "\n".join(lines), buffer.getvalue()

@@ -131,6 +131,8 @@ def _resume(run: RunDir, cfg: RunConfig, identity: dict, model, optimizer, sched
 
 def _epoch_line(row: dict, epochs: int) -> str:
     evaluated = f" test WAR {row['test_war']:.2f} UAR {row['test_uar']:.2f}" if row["test_war"] != "" else ""
+    if row.get("val_war", "") != "":
+        evaluated += f" val WAR {row['val_war']:.2f} UAR {row['val_uar']:.2f}"
     return (
         f"epoch {row['epoch']}/{epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.1f}{evaluated}"
         f" ({row['seconds']:.1f} s)"
@@ -182,8 +184,10 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
     optimizer, scheduler = make_optimizer(model, cfg)
     trainable, frozen = count_parameters(model)
     split = cache.split_names[cache.split_index(cfg.fold)]
+    val = data.validation()  # None without val clips (extract --val-fraction)
+    held = f" / {len(val.test_views)} val" if val is not None else ""
     log(
-        f"train: {len(data.train_views)} train / {len(data.test_views)} test clips, split {split}, "
+        f"train: {len(data.train_views)} train / {len(data.test_views)} test{held} clips, split {split}, "
         f"{trainable:,} trainable parameters ({frozen:,} frozen CLIP text tower), device {device}"
     )
     run.path.mkdir(parents=True, exist_ok=True)
@@ -199,10 +203,15 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
         stats = train_one_epoch(model, optimizer, data, cfg.train, epoch)
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, **stats, "test_war": "", "test_uar": ""}
+        if val is not None:
+            row.update(val_war="", val_uar="")
         every = cfg.train.eval_every
         if epoch + 1 == cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0):  # for the curves only
             s = evaluate(model, data, cfg.train.amp)
             row.update(test_war=s.war, test_uar=s.uar)
+            if val is not None:  # what a user may choose an epoch on (train.epochs=k), never the test columns
+                v = evaluate(model, val, cfg.train.amp)
+                row.update(val_war=v.war, val_uar=v.uar)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         run.write_log(history)
@@ -223,6 +232,14 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
         "class_names": list(data.class_names),
         "reported": "final epoch (no checkpoint selection on the test split)",
     }
+    if val is not None:
+        v = evaluate(model, val, cfg.train.amp)
+        scored = [r for r in history if r.get("val_uar", "") != ""]
+        metrics |= {
+            "val": v.to_dict(data.class_names) | {"clips": len(val.test_views)},
+            # information for choosing train.epochs on the validation clips; the run still reports its final epoch
+            "val_best_epoch": max(scored, key=lambda r: (r["val_uar"], r["val_war"], -r["epoch"]))["epoch"],
+        }
     run.write_metrics(metrics)
     title = f"fold {cfg.fold}: WAR {final.war:.2f}  UAR {final.uar:.2f}"
     confusion_png(final.confusion, data.class_names, run.path / CONFUSION, title)

@@ -6,7 +6,7 @@ cache lacks, no train views, no test clips) are refused here with expected vs fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,14 @@ class FoldData:
     test_labels: torch.Tensor  # (m,) int64
     test_clips: np.ndarray  # (m,) cache clip rows, for reports
     class_names: tuple[str, ...]
+    val_views: torch.Tensor | None = None  # (u,) int64 the test view of each validation clip; None: no val split
+    val_labels: torch.Tensor | None = None  # (u,) int64
+
+    def validation(self) -> FoldData | None:
+        """The validation clips in the place of the test clips (for ``evaluate``), or None without any."""
+        if self.val_views is None:
+            return None
+        return replace(self, test_views=self.val_views, test_labels=self.val_labels, test_clips=np.empty(0, np.int64))
 
 
 def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
@@ -36,7 +44,7 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     if len(train_clips) == 0 or len(test_clips) == 0:
         raise CacheError(
             f"{cache.path}: split {name!r} needs train and test clips, found {len(train_clips)} train "
-            f"and {len(test_clips)} test (a CSV dataset needs a split column)"
+            f"and {len(test_clips)} test (a CSV without a split column is split by extract --test-fraction > 0)"
         )
     train_by_clip, test_by_clip = cache.views_by_clip(TRAIN_VIEW), cache.views_by_clip(TEST_VIEW)
     lacking = [int(c) for c in train_clips if c not in train_by_clip]
@@ -49,6 +57,8 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     width = max(len(train_by_clip[int(c)]) for c in train_clips)
     train_views = np.stack([np.resize(train_by_clip[int(c)], width) for c in train_clips])  # (n, K)
     test_views = np.array([test_by_clip[int(c)][0] for c in test_clips])
+    val_clips = cache.clips_in(split, 3)  # membership 3: held out of training to choose an epoch on
+    val_views = np.array([test_by_clip[int(c)][0] for c in val_clips], dtype=np.int64)
     return FoldData(
         features=torch.from_numpy(cache.features).to(device),
         train_views=torch.from_numpy(train_views).to(device),
@@ -57,6 +67,8 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
         test_labels=torch.from_numpy(cache.labels[test_clips]).to(device),
         test_clips=test_clips,
         class_names=cache.class_names,
+        val_views=torch.from_numpy(val_views).to(device) if len(val_clips) else None,
+        val_labels=torch.from_numpy(cache.labels[val_clips]).to(device) if len(val_clips) else None,
     )
 
 
