@@ -253,7 +253,7 @@ def _same(a, b) -> None:
     assert list(a.clip_ids) == list(b.clip_ids) and np.array_equal(a.membership, b.membership)
 
 
-def test_array_blocks_are_contiguous_and_cover_every_shard():
+def test_array_blocks_are_contiguous_and_cover_every_shard(capsys):
     for n_shards in (1, 4, 7, 10):
         for tasks in (1, 2, 3, 5):
             blocks = [
@@ -273,6 +273,8 @@ def test_array_blocks_are_contiguous_and_cover_every_shard():
         ExtractConfig("dfew", "r", array_task=2, array_tasks=2)
     with pytest.raises(ConfigError, match=r"^array_task: expected .*both given or neither.* found None$"):
         ExtractConfig("dfew", "r", array_tasks=2)
+    assert main(["extract", "--dataset", "dfew", "--root", "r", "--array-task", "3", "--array-tasks", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: array_task: expected 0 <= array_task < array_tasks=2, ")
 
 
 def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_path, one_process, tmp_path, capsys):
