@@ -253,7 +253,7 @@ def _same(a, b) -> None:
     assert list(a.clip_ids) == list(b.clip_ids) and np.array_equal(a.membership, b.membership)
 
 
-def test_array_blocks_are_contiguous_and_cover_every_shard():
+def test_array_blocks_are_contiguous_and_cover_every_shard(capsys):
     for n_shards in (1, 4, 7, 10):
         for tasks in (1, 2, 3, 5):
             blocks = [
@@ -273,9 +273,11 @@ def test_array_blocks_are_contiguous_and_cover_every_shard():
         ExtractConfig("dfew", "r", array_task=2, array_tasks=2)
     with pytest.raises(ConfigError, match=r"^array_task: expected .*both given or neither.* found None$"):
         ExtractConfig("dfew", "r", array_tasks=2)
+    assert main(["extract", "--dataset", "dfew", "--root", "r", "--array-task", "3", "--array-tasks", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: array_task: expected 0 <= array_task < array_tasks=2, ")
 
 
-def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_path, one_process, tmp_path):
+def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_path, one_process, tmp_path, capsys):
     out = tmp_path / "array.h5"
     cmd = [sys.executable, "-m", "tgdfer", "extract", *_extract_args(dfew_root, tiny_clip_path), "--out", str(out)]
     procs = [
@@ -289,10 +291,11 @@ def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_p
     _same(load_cache(out), one_process)
 
     out.unlink()  # the entry lost (or never written): a rerun of any task writes it from the committed shards
-    rerun = subprocess.run([*cmd, "--array-task", "0", "--array-tasks", "2"], env=_env(), capture_output=True)
-    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
-    assert "resuming: 2 committed shards kept, 0 to encode" in rerun.stdout.decode()
-    assert "0 clips, 0 frames, 0 failures encoded in" in rerun.stdout.decode()
+    assert main([*cmd[3:], "--array-task", "0", "--array-tasks", "2"]) == 0  # here: it only reads and writes
+    rerun = capsys.readouterr().out
+    assert "resuming: 2 committed shards kept, 0 to encode" in rerun
+    assert "extract: shards 0..1 of 4: 0 clips, 0 frames, 0 failures encoded in" in rerun
+    assert f"cache {out} holds 12 clips" in rerun
     _same(load_cache(out), one_process)
 
 
