@@ -142,9 +142,13 @@ def settings_diff(old: dict, new: dict) -> list[str]:
     return changes
 
 
-def _lock_outputs(entry: Path, mine: list[int], me: Ranks, held: contextlib.ExitStack) -> None:
-    """Lock this rank's shards (and on rank 0 the entry) for the rest of the run; see the module docstring."""
-    if me.rank == 0:
+def _lock_outputs(entry: Path, mine: list[int], me: Ranks, held: contextlib.ExitStack, whole: bool) -> None:
+    """Lock this rank's shards (and on rank 0 the entry) for the rest of the run; see the module docstring.
+
+    A process that encodes one block of the shards (``whole`` False: --shard-range, --array-task) holds only its
+    shards: blocks run at once, and the one that finds all shards committed writes the entry under its own lock.
+    """
+    if me.rank == 0 and whole:
         held.enter_context(exclusive(lock_path(entry), f"{entry}"))
         remove_stale_temporaries(entry.parent, entry.name)
         remove_stale_temporaries(entry.parent, f"{entry.stem}.failures.csv")
@@ -165,7 +169,8 @@ def _plan_shards(
     n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
     mine = list(_block(cfg, n_shards)[me.rank :: me.world])
     shard_dir(entry).mkdir(parents=True, exist_ok=True)
-    _lock_outputs(entry, mine, me, held)
+    whole = cfg.shard_range is None and cfg.array_tasks is None
+    _lock_outputs(entry, mine, me, held, whole)
     if cfg.overwrite:
         for k in mine:
             shard_path(entry, k).unlink(missing_ok=True)

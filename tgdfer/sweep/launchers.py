@@ -123,7 +123,8 @@ class _Task:
         slots = ctx.Queue()
         for i in range(processes):
             slots.put(i)
-        with cf.ProcessPoolExecutor(processes, ctx, runner._init_worker, (slots, self.device, threads)) as pool:
+        initargs = (slots, self.device, threads, os.getpid())  # workers die with this task (runner._die_with_parent)
+        with cf.ProcessPoolExecutor(processes, ctx, runner._init_worker, initargs) as pool:
             futures = {
                 pool.submit(runner._train, cfg, RunDir(Path(cfg.out)).checkpoint.exists()): key
                 for key, cfg in todo.items()
