@@ -69,9 +69,19 @@ def extract(
         Path | None, typer.Option(help="Split files folder or CSV, if not at the dataset's usual place")
     ] = None,
     clip: Annotated[str | None, typer.Option(help=f"CLIP name or file ({_default(ExtractConfig, 'clip')})")] = None,
-    frames: Annotated[int | None, typer.Option(help=f"Frames per view T ({_default(ExtractConfig, 'frames')})")] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option(help=f"Frames per view T ({_default(ExtractConfig, 'frames')}), or all: a per-frame cache"),
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="With --frames all: at most N frames per clip, spread uniformly (default all)")
+    ] = None,
     views: Annotated[
-        int | None, typer.Option(help=f"Augmented train views per clip ({_default(ExtractConfig, 'views')})")
+        int | None,
+        typer.Option(
+            help=f"Augmented train views per clip ({_default(ExtractConfig, 'views')}); with --frames all, "
+            "augmented passes over every frame (default 0)"
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help=f"Frames per encoder call ({_default(ExtractConfig, 'batch_size')})")
@@ -96,6 +106,12 @@ def extract(
     from tgdfer.extract import extract as run_extract
 
     flags["out"] = out or Path("cache") / f"{dataset}.h5"
+    if frames is not None and frames.strip().lower() == "all":
+        flags.update(frames=None, frames_mode="all", views=None, passes=views)  # --views K: K augmented passes
+    elif frames is not None:
+        if not frames.strip().isdigit():
+            raise typer.BadParameter(f"expected a number of frames or 'all', found {frames!r}", param_hint="--frames")
+        flags["frames"] = int(frames)
     run_extract(_build(ExtractConfig, flags, set_))
 
 
