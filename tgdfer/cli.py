@@ -232,6 +232,23 @@ def info(features: Annotated[Path, typer.Argument(help="Entry file of a stage-1 
     print(describe(str(features)))
 
 
+@app.command("import-features")
+def import_features(
+    folder: Annotated[Path, typer.Argument(help="Folder of video_features outputs or one .npy/.npz per clip")],
+    annotations: Annotated[Path, typer.Option(help="CSV path,label[,split] as --dataset csv reads it")],
+    clip: Annotated[str, typer.Option(help="The CLIP model (name or file) that made the features")],
+    out: Annotated[Path | None, typer.Option(help="Entry file of the cache (default cache/imported.h5)")] = None,
+    frames: Annotated[int | None, typer.Option(help="T of the samples stage 2 draws (default 16)")] = None,
+    shard_clips: Annotated[int | None, typer.Option(help="Clips per shard (default 256)")] = None,
+) -> None:
+    """A per-frame cache from CLIP features made elsewhere (checked first; nothing is written on a refusal)."""
+    from tgdfer.apps.import_features import ImportConfig
+    from tgdfer.apps.import_features import import_features as run_import
+
+    flags = {"folder": folder, "annotations": annotations, "clip": clip, "out": out, "frames": frames}
+    run_import(_build(ImportConfig, {**flags, "shard_clips": shard_clips}))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status instead of raising SystemExit when called from Python."""
     try:

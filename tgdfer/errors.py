@@ -62,5 +62,9 @@ class PredictError(TgdferError):
     """An input that predict or explain cannot use (unreadable, or not a clip); names it and says why."""
 
 
+class FeatureImportError(TgdferError):
+    """Features made elsewhere that ``tgdfer import-features`` cannot take; names the file, expected vs found."""
+
+
 class ClipError(Exception):
     """One clip whose frames cannot be read. Not a user error: stage 1 records it as a failure and goes on."""
