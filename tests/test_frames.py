@@ -1,5 +1,7 @@
 """The per-frame cache: layout round trip, extract --frames all, per-epoch TSN samples, training and resume."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -202,3 +204,20 @@ def test_frame_cache_info_lists_frames_passes_and_bytes(frame_cache):
     assert f"frames per clip min {counts[0]} / median {int(np.median(counts))} / max {counts[-1]}" in text
     on_disk = sum(p.stat().st_size for p in shard_dir(path).iterdir()) + path.stat().st_size
     assert f"{on_disk:,} bytes on disk" in text
+
+
+def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path, tmp_path, capsys):
+    from tgdfer.cli import main
+
+    out = tmp_path / "f.h5"
+    base = ["extract", "--dataset", "dfew", "--root", str(dfew_root), "--clip", str(tiny_clip_path), "--workers", "0"]
+    assert main([*base, "--out", str(out), "--frames", "all", "--max-frames", "20"]) == 0
+    cache = load_cache(out)
+    assert cache.passes == 1 and cache.counts.max() == 20 and cache.attrs["max_frames"] == 20  # --views: 0
+    assert main([*base, "--out", str(tmp_path / "x.h5"), "--frames", "lots"]) == 2
+    assert capsys.readouterr().err == "error: --frames: expected a number of frames or 'all', found 'lots'\n"
+    sets = [a for s in ("train.epochs=1", "train.batch_size=8") for a in ("--set", s)]
+    run = tmp_path / "runs"
+    assert main(["train", "--features", str(out), "--fold", "all", "--out", str(run), "--device", "cpu", *sets]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["folds"] == ["1", "2", "3", "4", "5"] and len(list(run.glob("fold*/metrics.json"))) == 5

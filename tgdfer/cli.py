@@ -18,7 +18,7 @@ import typer
 
 from tgdfer import __version__
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
-from tgdfer.errors import TgdferError
+from tgdfer.errors import ConfigError, TgdferError
 
 app = typer.Typer(
     add_completion=False,
@@ -110,7 +110,7 @@ def extract(
         flags.update(frames=None, frames_mode="all", views=None, passes=views)  # --views K: K augmented passes
     elif frames is not None:
         if not frames.strip().isdigit():
-            raise typer.BadParameter(f"expected a number of frames or 'all', found {frames!r}", param_hint="--frames")
+            raise ConfigError(f"--frames: expected a number of frames or 'all', found {frames!r}")
         flags["frames"] = int(frames)
     run_extract(_build(ExtractConfig, flags, set_))
 
