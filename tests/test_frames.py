@@ -221,3 +221,16 @@ def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path,
     assert main(["train", "--features", str(out), "--fold", "all", "--out", str(run), "--device", "cpu", *sets]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["folds"] == ["1", "2", "3", "4", "5"] and len(list(run.glob("fold*/metrics.json"))) == 5
+
+
+def test_ablate_table6_runs_on_a_frame_cache(frame_cache, tmp_path):
+    from tgdfer.config import SweepConfig
+    from tgdfer.sweep.runner import run_table
+
+    path, _ = frame_cache
+    cfg = SweepConfig(
+        table="6", features=str(path), folds=("1",), out=str(tmp_path / "out"), overrides=("train.epochs=1",)
+    )
+    result = run_table(cfg, log=lambda s: None)
+    assert result["ran"] == 1 and result["planned"] == 6 and result["failed"] == []
+    assert all(r["war"][0] is not None for r in result["rows"])
