@@ -160,14 +160,14 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
     from tgdfer.apps.synthetic import write_feature_cache, write_frame_feature_cache
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
-    from tgdfer.train.engine import make_optimizer, train_one_epoch
+    from tgdfer.train.engine import epoch_generator, make_optimizer, train_one_epoch
     from tgdfer.train.runs import build_model, cache_identity
     from tgdfer.train.splits import fold_data
 
     views, frames = work / "speed-views.h5", work / "speed-frames.h5"
     write_feature_cache(views, str(clip_file), clip.sha256, n_clips=clips, dim=clip.dim, views=4)
     write_frame_feature_cache(frames, str(clip_file), clip.sha256, n_clips=clips, lengths=(11, 143), dim=clip.dim)
-    times, memory = {}, {}
+    setups, memory = {}, {}
     for name, path in (("fixed views", views), ("per-epoch TSN samples", frames)):
         cache = load_cache(path)
         cfg = apply_overrides(RunConfig(features=str(path), out=str(work / "run"), device=str(device)), overrides)
@@ -176,22 +176,39 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
         model, _ = build_model(cfg, cache_identity(cache), device, clip)
         optimizer, _ = make_optimizer(model, cfg)
         train_one_epoch(model, optimizer, data, cfg.train, 0)  # warm-up
-        steps = -(-len(data.train_views) // cfg.train.batch_size)
-        runs = []
-        for epoch in range(1, 1 + repeats):
+        setups[name] = (cfg, data, model, optimizer)
+    times = {name: [] for name in setups}
+    data_path = {name: [] for name in setups}
+    for epoch in range(1, 1 + repeats):  # interleaved, so drift in a shared machine's load hits both alike
+        for name, (cfg, data, model, optimizer) in setups.items():
+            steps = -(-len(data.train_views) // cfg.train.batch_size)
             _sync(device)
             t0 = time.perf_counter()
             train_one_epoch(model, optimizer, data, cfg.train, epoch)
             _sync(device)
-            runs.append((time.perf_counter() - t0) / steps)
-        times[name] = statistics.median(runs)
-    base = times["fixed views"]
+            times[name].append((time.perf_counter() - t0) / steps)
+            # the data path alone: the epoch's draw and every batch's gather, as train_one_epoch does them
+            t0 = time.perf_counter()
+            g = epoch_generator(cfg.train.seed, epoch)
+            n, k = data.train_views.shape
+            choice = torch.randint(0, k, (n,), generator=g).to(device)
+            order = torch.randperm(n, generator=g).to(device)
+            rows = data.epoch_views(choice, g)
+            for step in range(steps):
+                data.features[rows[order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]]].float()
+            _sync(device)
+            data_path[name].append((time.perf_counter() - t0) / steps)
+    base = statistics.median(times["fixed views"])
     print(
         f"2. stage-2 step time on {device} ({clips} clips, fold 1, batch {cfg.train.batch_size}, median of {repeats} "
-        "epochs; device bytes of the whole cache)"
+        "interleaved epochs; the data path alone (draw + gather); device bytes of the whole cache)"
     )
-    for name, t in times.items():
-        print(f"   {name:<24} {t * 1000:8.2f} ms/step  x{t / base:5.3f}  cache {memory[name] / 2**20:8.1f} MiB")
+    for name in setups:
+        t, d = statistics.median(times[name]), statistics.median(data_path[name])
+        print(
+            f"   {name:<24} {t * 1000:8.2f} ms/step  x{t / base:5.3f}  data path {d * 1000:6.3f} ms/step  "
+            f"cache {memory[name] / 2**20:8.1f} MiB"
+        )
     print("   target: per-epoch sampling within 10% of fixed views (x <= 1.10)")
 
 
