@@ -59,12 +59,12 @@ def _annotations(n: int, rng: np.random.Generator, folds: int = 1):
     )
 
 
-def _view_cache_from(entry: Path, frames, out: Path, views: int, seed: int) -> None:
-    """A view cache cut from a per-frame cache's frames by stage 1's sampling rules (pass 0)."""
+def _view_cache_from(cache, out: Path, views: int, seed: int) -> None:
+    """A view cache cut from a loaded per-frame cache's frames by stage 1's sampling rules (pass 0)."""
+    from tgdfer.data.datasets import Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, centre_indices, train_indices, view_rng
     from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
 
-    cache = frames
     n, t = len(cache.clip_ids), 16
     feats, idx = [], []
     for c in range(n):
@@ -73,8 +73,6 @@ def _view_cache_from(entry: Path, frames, out: Path, views: int, seed: int) -> N
         picks += [train_indices(len(x), t, view_rng(seed, cache.clip_ids[c], k)) for k in range(views)]
         feats += [x[p] for p in picks]
         idx += picks
-    from tgdfer.data.datasets import Annotations, ClipRecord
-
     clips = tuple(
         ClipRecord(i, int(lab), p) for i, lab, p in zip(cache.clip_ids, cache.labels, cache.clip_paths, strict=True)
     )
@@ -115,33 +113,33 @@ def storage(work: Path, clips: int) -> None:
         lengths = _lengths(kind, clips, rng)
         ann = _annotations(clips, rng)
         v = work / f"{kind}-views.h5"
-        data = ShardData(
-            0,
-            rng.normal(size=(5 * clips, 16, 512)).astype(np.float16),
-            np.repeat(np.arange(clips), 5).astype(np.int32),
-            np.tile(np.array([0, 1, 1, 1, 1], np.int8), clips),
-            np.tile(np.array([0, 0, 1, 2, 3], np.int16), clips),
-            np.zeros((5 * clips, 16), np.int32),
-            np.arange(clips, dtype=np.int32),
-            lengths.astype(np.int32),
-            np.empty(0, np.int32),
-            (),
+        data = ShardData(  # 1 test + 4 train views of 16 frames per clip
+            index=0,
+            features=rng.normal(size=(5 * clips, 16, 512)).astype(np.float16),
+            view_row=np.repeat(np.arange(clips), 5).astype(np.int32),
+            view_kind=np.tile(np.array([0, 1, 1, 1, 1], np.int8), clips),
+            view_index=np.tile(np.array([0, 0, 1, 2, 3], np.int16), clips),
+            view_frames=np.zeros((5 * clips, 16), np.int32),
+            clip_rows=np.arange(clips, dtype=np.int32),
+            num_frames=lengths.astype(np.int32),
+            failed_rows=np.empty(0, np.int32),
+            failed_reasons=(),
         )
         write_shard(shard_path(v, 0), data, "bench", {})
         write_entry(v, ann, [shard_path(v, 0)], {})
         f = work / f"{kind}-frames.h5"
         total = int(lengths.sum())
-        fdata = FrameShardData(
-            0,
-            rng.normal(size=(total, 1, 512)).astype(np.float16),
-            lengths.astype(np.int32),
-            np.concatenate([np.arange(n) for n in lengths]).astype(np.int32),
-            np.full(total, np.nan),
-            np.array([0], np.int8),
-            np.arange(clips, dtype=np.int32),
-            lengths.astype(np.int32),
-            np.empty(0, np.int32),
-            (),
+        fdata = FrameShardData(  # every frame once, one plain pass
+            index=0,
+            features=rng.normal(size=(total, 1, 512)).astype(np.float16),
+            counts=lengths.astype(np.int32),
+            source_frames=np.concatenate([np.arange(n) for n in lengths]).astype(np.int32),
+            timestamps_ms=np.full(total, np.nan),
+            pass_kind=np.array([0], np.int8),
+            clip_rows=np.arange(clips, dtype=np.int32),
+            num_frames=lengths.astype(np.int32),
+            failed_rows=np.empty(0, np.int32),
+            failed_reasons=(),
         )
         write_frame_shard(shard_path(f, 0), fdata, "bench", {})
         write_frame_entry(f, ann, [shard_path(f, 0)], {})
@@ -234,7 +232,7 @@ def learning(work: Path, clip_file: Path, clip, args) -> None:
             folds=5,
             seed=seed,
         )
-        _view_cache_from(frames, load_cache(frames), views, views=4, seed=seed)
+        _view_cache_from(load_cache(frames), views, views=4, seed=seed)
         war = {}
         for name, path in (("4 fixed views", views), ("fresh per-epoch", frames)):
             base = RunConfig(features=str(path), out=str(work / f"run-{name[:5]}-{seed}"), device=args.device)
@@ -244,7 +242,7 @@ def learning(work: Path, clip_file: Path, clip, args) -> None:
                     f"train.seed={seed}",
                     f"train.epochs={args.epochs}",
                     "train.batch_size=32",
-                    f"optim.milestones={int(args.epochs * 0.6)},{int(args.epochs * 0.8)}",
+                    f"optim.milestones={max(1, int(args.epochs * 0.6))},{max(1, int(args.epochs * 0.8))}",
                     *args.overrides,
                 ],
             )
