@@ -221,6 +221,11 @@ def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path,
     assert main(["train", "--features", str(out), "--fold", "all", "--out", str(run), "--device", "cpu", *sets]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["folds"] == ["1", "2", "3", "4", "5"] and len(list(run.glob("fold*/metrics.json"))) == 5
+    clip_dir = dfew_root / "Clip" / "clip_224x224" / "00003"
+    capsys.readouterr()
+    assert main(["predict", str(clip_dir), "--run", str(run / "fold1"), "--no-face-crop", "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)  # a run trained on a per-frame cache predicts new clips
+    assert result["ok"] and abs(sum(result["probabilities"].values()) - 1) < 1e-4
 
 
 def test_ablate_table6_runs_on_a_frame_cache(frame_cache, tmp_path):
@@ -234,3 +239,17 @@ def test_ablate_table6_runs_on_a_frame_cache(frame_cache, tmp_path):
     result = run_table(cfg, log=lambda s: None)
     assert result["ran"] == 1 and result["planned"] == 6 and result["failed"] == []
     assert all(r["war"][0] is not None for r in result["rows"])
+
+
+def test_every_frame_extraction_skips_and_records_bad_clips(tmp_path, tiny_clip_path):
+    from tgdfer.apps.synthetic import make_dfew_tree
+
+    root = make_dfew_tree(tmp_path / "d", 6, frames=(10, 14), size=64)
+    for f in (root / "Clip" / "clip_224x224" / "00002").iterdir():
+        f.unlink()  # no frames
+    summary = extract(_dfew_cfg(root, tmp_path / "f.h5", tiny_clip_path, frames_mode="all", shard_clips=2))
+    cache = load_cache(tmp_path / "f.h5")
+    assert summary["totals"]["failures"] == 1 and list(cache.clip_ids) == ["00001", "00003", "00004", "00005", "00006"]
+    assert cache.failures[0][0] == "00002" and "no image frames" in cache.failures[0][2]
+    assert (tmp_path / "f.failures.csv").read_text().splitlines()[1].startswith("00002,")
+    assert len(cache.offsets) == 6 and int(cache.offsets[-1]) == len(cache.features)
