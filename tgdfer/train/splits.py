@@ -139,13 +139,13 @@ def _frame_fold_data(cache: FrameCache, train_clips: np.ndarray, test_clips: np.
 def train_feature_mean(data: FoldData, chunk: int = 4096) -> torch.Tensor:
     """(D,) mean frame feature over every train view of the split's train clips (the centring of ModelConfig);
     on a per-frame cache over every stored frame of the train clips in their train passes."""
-    # (n * K,) views of T frames each, or (frames * K,) single frames of a per-frame cache
-    rows = data.train_views.flatten() if data.sampler is None else data.sampler.every_row(data.train_views[0])
-    dim = data.features.shape[-1]
-    total = torch.zeros(dim, dtype=torch.float64, device=data.features.device)
-    count = 0
-    for start in range(0, len(rows), chunk):
-        x = data.features[rows[start : start + chunk]].double().reshape(-1, dim)  # (rows [* T], D)
-        total += x.sum(0)
-        count += len(x)
-    return (total / count).float()
+    total = torch.zeros(data.features.shape[-1], dtype=torch.float64, device=data.features.device)
+    if data.sampler is not None:
+        rows = data.sampler.every_row(data.train_views[0])  # (frames * K,) single frames
+        for start in range(0, len(rows), chunk * 16):
+            total += data.features[rows[start : start + chunk * 16]].double().sum(dim=0)
+        return (total / len(rows)).float()
+    views = data.train_views.flatten()
+    for start in range(0, len(views), chunk):
+        total += data.features[views[start : start + chunk]].double().sum(dim=(0, 1))
+    return (total / (len(views) * data.features.shape[1])).float()
