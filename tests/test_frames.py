@@ -253,3 +253,24 @@ def test_every_frame_extraction_skips_and_records_bad_clips(tmp_path, tiny_clip_
     assert cache.failures[0][0] == "00002" and "no image frames" in cache.failures[0][2]
     assert (tmp_path / "f.failures.csv").read_text().splitlines()[1].startswith("00002,")
     assert len(cache.offsets) == 6 and int(cache.offsets[-1]) == len(cache.features)
+
+
+def test_video_clips_get_timestamps_from_the_frame_rate(tmp_path, tiny_clip_path):
+    from tgdfer.apps.synthetic import make_csv_dataset
+
+    csv_path = make_csv_dataset(
+        tmp_path / "v", 1, classes=("happiness", "sadness"), frames=(9, 12), size=64, videos=True
+    )
+    cfg = ExtractConfig(
+        dataset="csv",
+        root=str(tmp_path / "v"),
+        annotations=str(csv_path),
+        out=str(tmp_path / "f.h5"),
+        clip=str(tiny_clip_path),
+        frames_mode="all",
+        workers=0,
+    )
+    extract(cfg)
+    cache = load_cache(tmp_path / "f.h5")
+    assert cache.counts.tolist() == cache.num_frames.tolist() and len(cache.clip_ids) == 2
+    assert np.allclose(cache.timestamps_ms, cache.source_frames * 40.0)  # written at 25 fps
