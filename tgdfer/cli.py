@@ -18,7 +18,7 @@ import typer
 
 from tgdfer import __version__
 from tgdfer.config import ExtractConfig, LauncherConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
-from tgdfer.errors import TgdferError
+from tgdfer.errors import ConfigError, TgdferError
 
 app = typer.Typer(
     add_completion=False,
@@ -69,9 +69,19 @@ def extract(
         Path | None, typer.Option(help="Split files folder or CSV, if not at the dataset's usual place")
     ] = None,
     clip: Annotated[str | None, typer.Option(help=f"CLIP name or file ({_default(ExtractConfig, 'clip')})")] = None,
-    frames: Annotated[int | None, typer.Option(help=f"Frames per view T ({_default(ExtractConfig, 'frames')})")] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option(help=f"Frames per view T ({_default(ExtractConfig, 'frames')}), or all: a per-frame cache"),
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="With --frames all: at most N frames per clip, spread uniformly (default all)")
+    ] = None,
     views: Annotated[
-        int | None, typer.Option(help=f"Augmented train views per clip ({_default(ExtractConfig, 'views')})")
+        int | None,
+        typer.Option(
+            help=f"Augmented train views per clip ({_default(ExtractConfig, 'views')}); with --frames all, "
+            "augmented passes over every frame (default 0)"
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help=f"Frames per encoder call ({_default(ExtractConfig, 'batch_size')})")
@@ -121,6 +131,12 @@ def extract(
     from tgdfer.extract import extract as run_extract
 
     flags["out"] = out or Path("cache") / f"{dataset}.h5"
+    if frames is not None and frames.strip().lower() == "all":
+        flags.update(frames=None, frames_mode="all", views=None, passes=views)  # --views K: K augmented passes
+    elif frames is not None:
+        if not frames.strip().isdigit():
+            raise ConfigError(f"--frames: expected a number of frames or 'all', found {frames!r}")
+        flags["frames"] = int(frames)
     run_extract(_build(ExtractConfig, flags, set_))
 
 
@@ -305,6 +321,23 @@ def verify(features: Annotated[Path, typer.Argument(help="Entry file of a stage-
 
     result = verify_cache(path=str(features))
     print(f"{result['entry']}: {result['shards']} shards, {result['views']} views, {result['bytes']:,} bytes verified")
+
+
+@app.command("import-features")
+def import_features(
+    folder: Annotated[Path, typer.Argument(help="Folder of video_features outputs or one .npy/.npz per clip")],
+    annotations: Annotated[Path, typer.Option(help="CSV path,label[,split] as --dataset csv reads it")],
+    clip: Annotated[str, typer.Option(help="The CLIP model (name or file) that made the features")],
+    out: Annotated[Path | None, typer.Option(help="Entry file of the cache (default cache/imported.h5)")] = None,
+    frames: Annotated[int | None, typer.Option(help="T of the samples stage 2 draws (default 16)")] = None,
+    shard_clips: Annotated[int | None, typer.Option(help="Clips per shard (default 256)")] = None,
+) -> None:
+    """A per-frame cache from CLIP features made elsewhere (checked first; nothing is written on a refusal)."""
+    from tgdfer.apps.import_features import ImportConfig
+    from tgdfer.apps.import_features import import_features as run_import
+
+    flags = {"folder": folder, "annotations": annotations, "clip": clip, "out": out, "frames": frames}
+    run_import(_build(ImportConfig, {**flags, "shard_clips": shard_clips}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,6 +96,11 @@ class ExtractConfig:
     clip: str = "ViT-B/32"  # paper §3.2.1 backbone; a name clip can download, or a checkpoint path
     frames: int = 16  # T, paper §4.2
     views: int = 4  # augmented train views per clip, besides the one test view; stage 2 draws one per epoch
+    frames_mode: Literal["views", "all"] = "views"  # views: T-frame views (the design's cache) | all: every
+    #                 frame once, a per-frame cache stage 2 draws a fresh T-frame sample from every epoch
+    max_frames: int = 0  # frames_mode all: keep at most this many frames per clip, spread uniformly; 0: all
+    passes: int = 0  # frames_mode all: augmented passes over the frames besides the plain one (--views with
+    #                  --frames all); 0 keeps the encoder cost on DFEW about the 5 views' (77 vs 80 frames a clip)
     seed: int = 0  # seeds every train view's frames and augmentation, per (clip, view)
     batch_size: int = 512  # frames per encoder call; fits ViT-B/32 fp16 on any recent GPU
     workers: int = -1  # decode processes; -1: one per CPU core but one (decoding is the bottleneck)
@@ -135,6 +140,8 @@ class ExtractConfig:
                 "val_fraction": (lambda x: 0 <= x < 1, "a fraction in [0, 1)"),
                 "frames": (_at_least(1), "T >= 1 frames per view"),
                 "views": (_at_least(0), "0 or more train views"),
+                "max_frames": (_at_least(0), "0 (every frame) or >= 1 frames per clip"),
+                "passes": (_at_least(0), "0 or more augmented passes"),
                 "batch_size": (_at_least(1), "a batch of >= 1 frames"),
                 "workers": (_at_least(-1), "-1 (one per core but one) or >= 0 decode processes"),
                 "shard_clips": (_at_least(1), ">= 1 clips per shard"),

@@ -66,5 +66,9 @@ class BusyError(TgdferError):
     """An output (cache shard or entry, run directory) that another live process is writing; names its pid."""
 
 
+class FeatureImportError(TgdferError):
+    """Features made elsewhere that ``tgdfer import-features`` cannot take; names the file, expected vs found."""
+
+
 class ClipError(Exception):
     """One clip whose frames cannot be read. Not a user error: stage 1 records it as a failure and goes on."""

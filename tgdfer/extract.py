@@ -39,7 +39,7 @@ from tgdfer.backbone import load_clip
 from tgdfer.config import ExtractConfig
 from tgdfer.data.datasets import read_annotations
 from tgdfer.data.preprocess import augment_description, describe
-from tgdfer.data.sampling import SAMPLING_RULE
+from tgdfer.data.sampling import EVERY_FRAME_RULE, SAMPLING_RULE
 from tgdfer.data.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 from tgdfer.devices import Ranks, dtype_name, ranks, resolve_device, resolve_dtype
 from tgdfer.errors import BusyError, ExtractError
@@ -53,6 +53,7 @@ from tgdfer.features.cache import (
     write_entry,
     write_shard,
 )
+from tgdfer.features.frames import frame_shard, write_frame_entry, write_frame_shard
 from tgdfer.locks import exclusive, lock_path
 from tgdfer.progress import Progress
 
@@ -88,7 +89,17 @@ def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict
         "shard_clips": cfg.shard_clips,
         "dtype": dtype_name(dtype),
         "batch_size": cfg.batch_size,  # batch composition changes the last bits of the features
-    }
+    } | (
+        {
+            "layout": "frames",
+            "max_frames": cfg.max_frames,
+            "sampling": EVERY_FRAME_RULE,
+            "passes": 1 + cfg.passes,
+            "train_views": cfg.passes,
+        }
+        if cfg.frames_mode == "all"  # only here, so view caches keep their fingerprints
+        else {}
+    )
 
 
 # The option a user changes for each stored setting, for a refused rerun's message.
@@ -258,6 +269,11 @@ def _flush(buffer: _ShardBuffer, clip, batch_size: int, final: bool) -> None:
 
 
 def _commit(buffer: _ShardBuffer, entry: Path, frames: int, dim: int, fingerprint: str, settings: dict) -> None:
+    if settings.get("layout") == "frames":
+        feats = torch.cat(buffer.features).cpu().numpy() if buffer.features else np.empty((0, dim), np.float16)
+        data = frame_shard(buffer.index, feats, buffer.meta, buffer.failed, settings["passes"])
+        write_frame_shard(shard_path(entry, buffer.index), data, fingerprint, settings)
+        return
     feats = (torch.cat(buffer.features).cpu().numpy() if buffer.features else np.empty((0, dim), np.float16)).reshape(
         -1, frames, dim
     )
@@ -302,7 +318,17 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
         k: list(range(k * cfg.shard_clips, min((k + 1) * cfg.shard_clips, len(annotations.clips)))) for k in todo
     }
     jobs = [ClipJob(r, annotations.clips[r].id, annotations.clips[r].path) for k in todo for r in rows_of[k]]
-    dataset = ClipViews(jobs, cfg.frames, cfg.views, cfg.seed, clip.image_size, cfg.augment, cfg.face_crop)
+    dataset = ClipViews(
+        jobs,
+        cfg.frames,
+        cfg.passes if cfg.frames_mode == "all" else cfg.views,
+        cfg.seed,
+        clip.image_size,
+        cfg.augment,
+        cfg.face_crop,
+        every_frame=cfg.frames_mode == "all",
+        max_frames=cfg.max_frames,
+    )
     loader = decode_loader(
         dataset, decode_workers(cfg.workers, len(jobs), me.world), pin_memory=clip.device.type == "cuda"
     )
@@ -368,7 +394,8 @@ def _write_outputs(cfg: ExtractConfig, annotations, clip, settings: dict, n_shar
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
     }
-    totals = write_entry(entry, annotations, files, attrs)
+    writer = write_frame_entry if settings.get("layout") == "frames" else write_entry
+    totals = writer(entry, annotations, files, attrs)
     failures_csv = entry.with_name(f"{entry.stem}.failures.csv")
     text = io.StringIO(newline="")
     writer = csv.writer(text)

@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from tgdfer.features.cache import FeatureCache, load_cache
+from tgdfer.features.cache import FeatureCache, load_cache, shard_dir
+from tgdfer.features.frames import PLAIN_PASS, FrameCache
 
 _ROLES = ((1, "train"), (3, "val"), (2, "test"))  # membership codes, in the order they are printed
 
 
-def describe(cache: FeatureCache) -> list[str]:
+def _bytes_on_disk(entry: str) -> int:
+    """The entry file and every file of its shard folder."""
+    folder = shard_dir(entry)
+    shards = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    return Path(entry).stat().st_size + shards
+
+
+def _frame_lines(cache: FrameCache) -> list[str]:
+    counts = cache.counts
+    plain = int((cache.pass_kind == PLAIN_PASS).sum())
+    lines = [
+        f"{cache.path}: per-frame cache: {len(cache.clip_ids)} clips, {len(cache.features)} frames x "
+        f"{cache.passes} passes (T={cache.frames} per sample, D={cache.dim}), {len(cache.failures)} failures",
+        f"  frames per clip min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}; "
+        f"{cache.passes} passes ({plain} plain, {cache.passes - plain} augmented); "
+        f"{_bytes_on_disk(cache.path):,} bytes on disk",
+    ]
+    if cache.attrs.get("imported_from"):
+        lines.append(f"  imported from {cache.attrs['imported_from']} ({cache.attrs.get('input_note', '')})")
+    return lines
+
+
+def describe(cache: FeatureCache | FrameCache) -> list[str]:
     """Lines describing a loaded cache: size, provenance, splits, clips per class, failures."""
     a = cache.attrs
-    lines = [
-        f"{cache.path}: {len(cache.clip_ids)} clips, {len(cache.view_kind)} views (T={cache.frames}, D={cache.dim}), "
-        f"{len(cache.failures)} failures",
+    if isinstance(cache, FrameCache):
+        lines = _frame_lines(cache)
+    else:
+        lines = [
+            f"{cache.path}: {len(cache.clip_ids)} clips, {len(cache.view_kind)} views (T={cache.frames}, "
+            f"D={cache.dim}), {len(cache.failures)} failures",
+        ]
+    lines += [
         f"  dataset {a.get('dataset')}, classes {list(cache.class_names)}",
         f"  CLIP {a.get('clip_model')} sha256 {str(a.get('clip_sha256'))[:16]}..., dtype {a.get('dtype')}, "
         f"{a.get('train_views')} train views per clip, seed {a.get('seed')}, tgdfer {a.get('tgdfer_version')}",

@@ -300,3 +300,80 @@ def write_feature_cache(
         },
     )
     return mask.reshape(-1, frames)
+
+
+def write_frame_feature_cache(
+    path: str | Path,
+    clip_model: str,
+    clip_sha256: str,
+    n_clips: int = 120,
+    lengths: tuple[int, int] = (8, 60),
+    classes: tuple[str, ...] = CLASS_NAMES["dfew"],
+    dim: int = 32,
+    passes: int = 1,
+    signal: float = 1.0,
+    noise: float = 1.0,
+    folds: int = 5,
+    shard_clips: int = 4096,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """A per-frame cache of generated features, written through the real writer (stage 2 cannot tell).
+
+    Clip c has n_c frames (uniform in ``lengths``); frame t holds ``signal * intensity_c[t] * prototype[class]``
+    (``intensity_curve``: an apex stretch, neutral elsewhere) plus fresh per-frame noise, in every pass. Clip k is
+    in the test set of fold k % folds. Returns the (n_c, passes, D) float32 features of every clip.
+    """
+    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.features.cache import shard_path
+    from tgdfer.features.frames import (
+        AUGMENTED_PASS,
+        PLAIN_PASS,
+        FrameShardData,
+        write_frame_entry,
+        write_frame_shard,
+    )
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(0, 1, (len(classes), dim))
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True) / math.sqrt(dim)  # per-coordinate scale ~1
+    labels = rng.integers(0, len(classes), n_clips)
+    counts = rng.integers(lengths[0], lengths[1] + 1, n_clips)
+    clip_feats = []
+    for c in range(n_clips):
+        curve = intensity_curve(int(counts[c]), rng)[:, None, None]  # (n, 1, 1)
+        base = rng.normal(0, noise, (int(counts[c]), passes, dim))
+        clip_feats.append((base + signal * curve * prototypes[labels[c]]).astype(np.float32))
+    clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
+    split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
+    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2
+    annotations = Annotations("synthetic", tuple(classes), split_names, clips, membership, ())
+    kind = np.array([PLAIN_PASS] + [AUGMENTED_PASS] * (passes - 1), np.int8)
+    files = []
+    for k, start in enumerate(range(0, n_clips, shard_clips)):
+        rows = np.arange(start, min(start + shard_clips, n_clips))
+        data = FrameShardData(
+            index=k,
+            features=np.concatenate([clip_feats[r] for r in rows]).astype(np.float16),
+            counts=counts[rows].astype(np.int32),
+            source_frames=np.concatenate([np.arange(counts[r]) for r in rows]).astype(np.int32),
+            timestamps_ms=np.concatenate([np.arange(counts[r]) * 40.0 for r in rows]),
+            pass_kind=kind,
+            clip_rows=rows.astype(np.int32),
+            num_frames=counts[rows].astype(np.int32),
+            failed_rows=np.empty(0, np.int32),
+            failed_reasons=(),
+        )
+        files.append(shard_path(path, k))
+        write_frame_shard(files[-1], data, "generated", {"generated": True, "seed": seed})
+    attrs = {
+        "clip_model": clip_model,
+        "clip_sha256": clip_sha256,
+        "train_views": passes - 1,
+        "fingerprint": f"generated-frames-{seed}",
+        "sampling": "generated",
+        "tgdfer_version": "generated",
+    }
+    write_frame_entry(path, annotations, files, attrs)
+    return clip_feats

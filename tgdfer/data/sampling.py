@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import torch
 
 TEST_VIEW, TRAIN_VIEW = 0, 1  # view kinds: segment centres (evaluation) | random frame per segment (training)
 
@@ -61,3 +62,33 @@ def view_rng(seed: int, clip_id: str, view: int) -> np.random.Generator:
     """A generator that depends only on (seed, clip id, view), never on process, order or hash seed."""
     digest = hashlib.sha256(f"{seed}\x00{clip_id}\x00{view}".encode()).digest()
     return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+
+
+EVERY_FRAME_RULE = (
+    "every frame once; a clip longer than max_frames keeps max_frames frames at floor((i + 0.5) * n / max_frames)"
+)
+
+
+def every_frame_indices(n: int, max_frames: int = 0) -> np.ndarray:
+    """The frames a per-frame cache stores of an n-frame clip: all of them, or ``max_frames`` spread uniformly
+    (segment centres) when the clip is longer and ``max_frames`` > 0. (n,) or (max_frames,) int64, increasing."""
+    _check(n, 1)
+    if max_frames <= 0 or n <= max_frames:
+        return np.arange(n, dtype=np.int64)
+    return ((2 * np.arange(max_frames, dtype=np.int64) + 1) * n) // (2 * max_frames)
+
+
+def tsn_positions(counts: torch.Tensor, frames: int, u: torch.Tensor | None = None) -> torch.Tensor:
+    """The rules above for many clips at once, on their device: (c,) frame counts -> (c, T) int64 positions.
+
+    ``u`` None: the test view (segment centres). ``u`` (c, T) uniform in [0, 1): a train sample, one frame in
+    each segment at floor(u * width). Clips shorter than T take every frame, then the last repeated.
+    """
+    n = counts.long().unsqueeze(1)  # (c, 1)
+    i = torch.arange(frames, device=counts.device).unsqueeze(0)  # (1, T)
+    starts, ends = (i * n) // frames, ((i + 1) * n) // frames  # (c, T) each
+    if u is None:
+        pos = (starts + ends - 1) // 2
+    else:
+        pos = starts + torch.minimum((u * (ends - starts)).long(), ends - starts - 1)
+    return torch.where(n < frames, torch.minimum(i, n - 1), pos)  # (c, T)

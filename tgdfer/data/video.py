@@ -176,6 +176,21 @@ def open_clip_source(path: str | Path) -> FrameFolder | VideoFile:
     raise ClipError(f"clip not found (expected a frame folder or a video file): {path}")
 
 
+def video_fps(path: str | Path) -> float | None:
+    """The frame rate a video container declares, or None for a frame folder or a container without one.
+
+    Timestamps from it (frame / fps) are exact for constant frame rate only, as OpenFace's are."""
+    path = Path(path)
+    if path.is_dir() or not path.is_file():
+        return None
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return fps if fps > 0 else None
+
+
 def read_sampled(path: str | Path, plan) -> tuple[int, dict[int, np.ndarray], list[np.ndarray]]:
     """Open a clip, plan sample indices from its frame count with ``plan(n) -> list of index arrays``, decode.
 

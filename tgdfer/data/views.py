@@ -5,6 +5,10 @@ frame per segment, one augmentation draw per view). Stage 1 (extract) and ``tgdf
 ``ClipViews``, so a trained model sees the same sampling and preprocessing at inference as in its cache.
 ``ClipViews`` is a torch Dataset so decoding runs in DataLoader worker processes, whose tensors travel to the
 encoder through shared memory.
+
+With ``every_frame`` (``extract --frames all``) a "view" is a pass over every frame of the clip instead (or
+``max_frames`` of them, spread uniformly): pass 0 plain, passes 1..K augmented with one draw each, through the
+same preprocessing code (``plan_passes``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from tgdfer.config import AugmentConfig
 from tgdfer.data.preprocess import AugmentDraw, augment_view, clip_view, draw_augment, normalize
-from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, centre_indices, train_indices, view_rng
-from tgdfer.data.video import ClipError, read_sampled
+from tgdfer.data.sampling import (
+    TEST_VIEW,
+    TRAIN_VIEW,
+    centre_indices,
+    every_frame_indices,
+    train_indices,
+    view_rng,
+)
+from tgdfer.data.video import ClipError, read_sampled, video_fps
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,17 @@ def plan_views(
     return indices, draws
 
 
+def plan_passes(
+    n: int, max_frames: int, passes: int, seed: int, clip_id: str, augment: AugmentConfig
+) -> tuple[list[np.ndarray], list[AugmentDraw | None]]:
+    """Frame indices and augmentation of the plain pass and ``passes`` augmented passes of an n-frame clip.
+
+    Every pass covers the same frames; augmented pass k draws from the same generator as train view k would."""
+    frames = every_frame_indices(n, max_frames)
+    draws = [None] + [draw_augment(view_rng(seed, clip_id, k), augment) for k in range(passes)]
+    return [frames] * (1 + passes), draws
+
+
 class ClipViews(Dataset):
     """Item i: the views of clip ``jobs[i]`` as a dict (see ``__getitem__``); failures come back, not raised."""
 
@@ -74,9 +96,12 @@ class ClipViews(Dataset):
         size: int,
         augment: AugmentConfig,
         face_crop: bool = False,
+        every_frame: bool = False,
+        max_frames: int = 0,
     ):
         self.jobs, self.frames, self.views, self.seed, self.size = jobs, frames, views, seed, size
         self.augment, self.face_crop = augment, face_crop
+        self.every_frame, self.max_frames = every_frame, max_frames  # per-frame passes instead of T-frame views
         self._cropper = None
 
     def __len__(self) -> int:
@@ -93,12 +118,18 @@ class ClipViews(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         """{row, error (str or None), num_frames, frames (V*T, S, S, 3) uint8, view_frames (V, T) int32,
-        view_kind (V,) int8, view_index (V,) int16, face_found (V, T) bool}."""
+        view_kind (V,) int8, view_index (V,) int16, face_found (V, T) bool, fps (float or None)}.
+        With ``every_frame`` T is the number of frames stored (every frame, or ``max_frames``) and V the passes."""
         job = self.jobs[i]
         plan: dict = {}
 
         def make_plan(n: int) -> list[np.ndarray]:
-            plan["indices"], plan["draws"] = plan_views(n, self.frames, self.views, self.seed, job.id, self.augment)
+            if self.every_frame:
+                plan["indices"], plan["draws"] = plan_passes(
+                    n, self.max_frames, self.views, self.seed, job.id, self.augment
+                )
+            else:
+                plan["indices"], plan["draws"] = plan_views(n, self.frames, self.views, self.seed, job.id, self.augment)
             return plan["indices"]
 
         try:
@@ -111,7 +142,7 @@ class ClipViews(Dataset):
             return {"row": job.row, "error": str(exc)}
         except Exception as exc:  # a decoder or detector failing on data we did not foresee: this clip only
             return {"row": job.row, "error": f"unreadable clip ({type(exc).__name__}: {exc}): {job.path}"}
-        out = np.empty((len(indices) * self.frames, self.size, self.size, 3), dtype=np.uint8)
+        out = np.empty((sum(len(v) for v in indices), self.size, self.size, 3), dtype=np.uint8)
         k = 0
         for view_idx, draw in zip(indices, plan["draws"], strict=True):
             for t in view_idx:
@@ -128,6 +159,7 @@ class ClipViews(Dataset):
             "view_kind": np.array([TEST_VIEW] + [TRAIN_VIEW] * self.views, dtype=np.int8),
             "view_index": np.array([0, *range(self.views)], dtype=np.int16),
             "face_found": np.vectorize(lambda t: found[int(t)], otypes=[bool])(view_frames),
+            "fps": video_fps(job.path) if self.every_frame else None,
         }
 
 

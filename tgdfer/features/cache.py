@@ -210,6 +210,7 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
         f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
         f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
         f.attrs.update(
+            layout="views",  # tgdfer.features.frames writes "frames"
             format_version=FORMAT_VERSION,
             frames=frames,
             dim=dim,
@@ -460,9 +461,15 @@ def folds_of(path: str | Path, fold: str) -> list[str]:
 
 
 def load_cache(path: str | Path) -> FeatureCache:
-    """Open an entry file, check its shards, and read everything into memory."""
+    """Open an entry file, check its shards, and read everything into memory.
+
+    A per-frame entry (attribute layout "frames") comes back as ``tgdfer.features.frames.FrameCache``."""
     path = Path(path)
     with _open_entry(path) as f:
+        if _attr(f.attrs.get("layout", "views")) == "frames":
+            from tgdfer.features.frames import load_frames
+
+            return load_frames(path)
         version = int(f.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
             raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")

@@ -62,7 +62,7 @@ def train_one_epoch(
     g = epoch_generator(cfg.seed, epoch)
     choice = torch.randint(0, k, (n,), generator=g).to(device)
     order = torch.randperm(n, generator=g).to(device)
-    views = data.train_views[torch.arange(n, device=device), choice]  # (n,)
+    views = data.epoch_views(choice, g)  # (n,) view rows, or a per-frame cache's fresh (n, T) frame rows
     steps = math.ceil(n / cfg.batch_size)
     losses = torch.zeros(steps, device=device)
     correct = torch.zeros((), device=device)

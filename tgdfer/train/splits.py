@@ -2,6 +2,14 @@
 
 The whole cache goes to the device once (a DFEW cache is about 1 GB); a split only indexes it. Misfits (a fold the
 cache lacks, no train views, no test clips) are refused here with expected vs found.
+
+Either layout gives the same interface: ``data.features[rows]`` is a (B, T, D) batch, where ``rows`` comes from
+``test_views`` or from ``epoch_views`` (the epoch's draw). On a view cache a row is a view (features (V, T, D)).
+On a per-frame cache (``tgdfer.features.frames``) features are its (N, P, D) frames flattened to (N * P, D), a
+clip's rows are T frame rows, and ``epoch_views`` draws a fresh TSN sample for every train clip each epoch (a
+random frame in each of T equal segments, of a random train pass) on the device, from the epoch's generator: so
+a batch is still one indexed read, and a resumed run redraws exactly. The test sample is the segment-centre frames
+of the plain pass, the frames a view cache's test view holds.
 """
 
 from __future__ import annotations
@@ -11,8 +19,31 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
+from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, tsn_positions
 from tgdfer.features.cache import CacheError, FeatureCache
+from tgdfer.features.frames import AUGMENTED_PASS, PLAIN_PASS, FrameCache
+
+
+@dataclass(frozen=True, eq=False)
+class FrameSampler:
+    """Where a per-frame split's train clips lie in the flattened (N * P, D) features; n train clips, P passes."""
+
+    starts: torch.Tensor  # (n,) int64 first frame of each train clip (frames/offsets)
+    counts: torch.Tensor  # (n,) int64 frames stored per train clip
+    passes: int  # P: rows of frame f are f * P + pass
+    frames: int  # T per sample
+
+    def rows(self, passes: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """(n,) pass per clip and (n, T) uniforms (None: segment centres) -> (n, T) int64 feature rows."""
+        pos = tsn_positions(self.counts, self.frames, u)  # (n, T) position inside each clip
+        return (self.starts.unsqueeze(1) + pos) * self.passes + passes.unsqueeze(1)  # (n, T)
+
+    def every_row(self, passes: torch.Tensor) -> torch.Tensor:
+        """(k,) passes -> every feature row of every train clip in those passes, (sum(counts) * k,) int64."""
+        first = torch.repeat_interleave(self.starts, self.counts)  # (F,) each frame's clip start
+        before = torch.repeat_interleave(torch.cumsum(self.counts, 0) - self.counts, self.counts)  # (F,)
+        frames = first + torch.arange(len(first), device=first.device) - before  # (F,) frame numbers
+        return (frames.unsqueeze(1) * self.passes + passes.unsqueeze(0)).flatten()  # (F * k,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +66,20 @@ class FoldData:
             return None
         return replace(self, test_views=self.val_views, test_labels=self.val_labels, test_clips=np.empty(0, np.int64))
 
+    sampler: FrameSampler | None = None  # a per-frame cache's: then features is (N * P, D), train_views (n, K)
+    #                                      holds each clip's train passes, test_views (m, T) frame rows
+
+    def epoch_views(self, choice: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(n,) chosen column of train_views per train clip -> the rows of the epoch's sample of each clip: (n,)
+        view rows, or on a per-frame cache (n, T) frame rows of a fresh TSN sample whose frames are drawn from
+        ``generator`` (on the CPU, as every draw of an epoch, so any device redraws the same)."""
+        n = len(self.train_views)
+        picked = self.train_views[torch.arange(n, device=choice.device), choice]  # (n,)
+        if self.sampler is None:
+            return picked
+        u = torch.rand((n, self.sampler.frames), generator=generator, dtype=torch.float64).to(choice.device)
+        return self.sampler.rows(picked, u)  # (n, T)
+
 
 def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     """Select a split's train clips (their train views) and test clips (their test view); refuse misfits."""
@@ -46,6 +91,8 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
             f"{cache.path}: split {name!r} needs train and test clips, found {len(train_clips)} train "
             f"and {len(test_clips)} test (a CSV without a split column is split by extract --test-fraction > 0)"
         )
+    if isinstance(cache, FrameCache):
+        return _frame_fold_data(cache, train_clips, test_clips, cache.clips_in(split, 3), device)
     train_by_clip, test_by_clip = cache.views_by_clip(TRAIN_VIEW), cache.views_by_clip(TEST_VIEW)
     lacking = [int(c) for c in train_clips if c not in train_by_clip]
     if lacking:
@@ -72,11 +119,53 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     )
 
 
+def _frame_fold_data(
+    cache: FrameCache, train_clips: np.ndarray, test_clips: np.ndarray, val_clips: np.ndarray, device
+) -> FoldData:
+    """A per-frame split: train passes per train clip, the test sample's frame rows per test (and val) clip."""
+    augmented = np.flatnonzero(cache.pass_kind == AUGMENTED_PASS)
+    train_passes = augmented if len(augmented) else np.flatnonzero(cache.pass_kind == PLAIN_PASS)[:1]
+    plain = np.flatnonzero(cache.pass_kind == PLAIN_PASS)
+    if len(plain) == 0:
+        raise CacheError(f"{cache.path}: expected a plain pass (passes/kind 0) for the test sample, found none")
+    offsets = torch.from_numpy(cache.offsets)
+    passes, frames = cache.passes, cache.frames
+
+    def sampler(clips: np.ndarray) -> FrameSampler:
+        idx = torch.from_numpy(clips)
+        counts = offsets[idx + 1] - offsets[idx]
+        return FrameSampler(offsets[idx].to(device), counts.to(device), passes, frames)
+
+    def centres(clips: np.ndarray) -> torch.Tensor:  # (m, T) frame rows of the plain pass's segment centres
+        return sampler(clips).rows(torch.full((len(clips),), int(plain[0]), device=device), None)
+
+    test_rows = centres(test_clips)
+    n, d = len(cache.features), cache.dim
+    return FoldData(
+        features=torch.from_numpy(cache.features).to(device).view(n * passes, d),  # (N, P, D) -> (N * P, D)
+        train_views=torch.from_numpy(np.tile(train_passes, (len(train_clips), 1))).to(device),  # (n, K) passes
+        train_labels=torch.from_numpy(cache.labels[train_clips]).to(device),
+        test_views=test_rows,
+        test_labels=torch.from_numpy(cache.labels[test_clips]).to(device),
+        test_clips=test_clips,
+        class_names=cache.class_names,
+        sampler=sampler(train_clips),
+        val_views=centres(val_clips) if len(val_clips) else None,
+        val_labels=torch.from_numpy(cache.labels[val_clips]).to(device) if len(val_clips) else None,
+    )
+
+
 @torch.no_grad()
 def train_feature_mean(data: FoldData, chunk: int = 4096) -> torch.Tensor:
-    """(D,) mean frame feature over every train view of the split's train clips (the centring of ModelConfig)."""
-    views = data.train_views.flatten()
+    """(D,) mean frame feature over every train view of the split's train clips (the centring of ModelConfig);
+    on a per-frame cache over every stored frame of the train clips in their train passes."""
     total = torch.zeros(data.features.shape[-1], dtype=torch.float64, device=data.features.device)
+    if data.sampler is not None:
+        rows = data.sampler.every_row(data.train_views[0])  # (frames * K,) single frames
+        for start in range(0, len(rows), chunk * 16):
+            total += data.features[rows[start : start + chunk * 16]].double().sum(dim=0)
+        return (total / len(rows)).float()
+    views = data.train_views.flatten()
     for start in range(0, len(views), chunk):
         total += data.features[views[start : start + chunk]].double().sum(dim=(0, 1))
     return (total / (len(views) * data.features.shape[1])).float()
