@@ -216,6 +216,12 @@ def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path,
     assert cache.passes == 1 and cache.counts.max() == 20 and cache.attrs["max_frames"] == 20  # --views: 0
     assert main([*base, "--out", str(tmp_path / "x.h5"), "--frames", "lots"]) == 2
     assert capsys.readouterr().err == "error: --frames: expected a number of frames or 'all', found 'lots'\n"
+    assert main([*base, "--out", str(tmp_path / "x.h5"), "--max-frames", "8"]) == 2
+    assert capsys.readouterr().err == (
+        "error: max_frames and passes apply to a per-frame cache only: expected --frames all with them, found "
+        "frames_mode views with max_frames=8, passes=0\n"
+    )
+    assert not (tmp_path / "x.h5").exists()
     sets = [a for s in ("train.epochs=1", "train.batch_size=8") for a in ("--set", s)]
     run = tmp_path / "runs"
     assert main(["train", "--features", str(out), "--fold", "all", "--out", str(run), "--device", "cpu", *sets]) == 0

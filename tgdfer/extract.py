@@ -432,6 +432,11 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
             f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
             f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
         )
+    if cfg.frames_mode == "views" and (cfg.max_frames or cfg.passes):
+        raise ExtractError(
+            f"max_frames and passes apply to a per-frame cache only: expected --frames all with them, found "
+            f"frames_mode views with max_frames={cfg.max_frames}, passes={cfg.passes}"
+        )
     annotations = read_annotations(
         cfg.dataset,
         cfg.root,
