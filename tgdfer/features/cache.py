@@ -397,6 +397,10 @@ def shard_data_problem(path: str | Path, features: np.ndarray | None = None) -> 
         header = shard_header(path)
         if header is None:
             return "unreadable"
+        if _attr(header.get("layout", "views")) == "frames":  # a per-frame shard hashes its own arrays
+            from tgdfer.features.frames import frame_shard_data_problem
+
+            return frame_shard_data_problem(path, header, features)
         data = read_shard(path, features=features is None)
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable ({str(exc).splitlines()[0][:80]})"

@@ -22,21 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from tgdfer.atomic import committed
 from tgdfer.errors import CacheError
 from tgdfer.features.cache import (
+    _RERUN,
     _STR,
     FORMAT_VERSION,
     FeatureCache,
     _attr,
-    _check_shards,
+    _check_shard_data,
+    _entry_digest,
+    _entry_shards,
+    _h5_commit,
     _open_entry,
+    _shard_header_problem,
     _strings,
     _text,
     shard_header,
@@ -123,7 +127,7 @@ def write_frame_shard(path: str | Path, data: FrameShardData, fingerprint: str, 
             f"{int(data.counts.sum())}, {len(data.source_frames)}, {len(data.timestamps_ms)}; this is a bug"
         )
     digest = _digest(data)
-    with committed(path) as tmp, h5py.File(tmp, "w") as f:
+    with _h5_commit(path) as f:  # built in memory, written with plain os.write (a full disk is one clear error)
         chunks = (min(CHUNK_FRAMES, n), passes, dim) if n else None
         f.create_dataset("features", data=data.features, chunks=chunks)
         for name in _SHARD_ARRAYS[1:]:
@@ -138,6 +142,21 @@ def write_frame_shard(path: str | Path, data: FrameShardData, fingerprint: str, 
             format_version=FORMAT_VERSION,
         )
     return digest
+
+
+def frame_shard_data_problem(path: str | Path, header: dict, features: np.ndarray | None = None) -> str | None:
+    """Why a committed per-frame shard's data do not hash to its header's digest (None: they do); ``features``,
+    its (n, P, D) rows as read through the entry, saves reading them again."""
+    try:
+        data = read_frame_shard(path, features=features is None)
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({str(exc).splitlines()[0][:80]})"
+    if features is not None:
+        data = replace(data, features=features)
+    actual = _digest(data)
+    if actual != header["digest"]:
+        return f"data hash to {actual[:12]}, its digest is {header['digest'][:12]}: damaged on disk"
+    return None
 
 
 def read_frame_shard(path: str | Path, features: bool = True) -> FrameShardData:
@@ -177,7 +196,7 @@ def write_frame_entry(entry: str | Path, annotations, shard_files: list[Path], a
             layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, passes, dim))
         start += n
 
-    with committed(entry) as tmp, h5py.File(tmp, "w") as f:
+    with _h5_commit(entry) as f:
         f.create_virtual_dataset("features", layout, fillvalue=np.float16(np.nan))
         f["frames/offsets"] = offsets
         f["frames/source"] = np.concatenate([s.source_frames for s in shards]).astype(np.int32)
@@ -198,6 +217,7 @@ def write_frame_entry(entry: str | Path, annotations, shard_files: list[Path], a
         )
         f.create_dataset("shards/digest", data=_strings(h["digest"] for h in headers), dtype=_STR)
         f["shards/views"] = np.array([h["views"] for h in headers], dtype=np.int64)
+        f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
         f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
         f.attrs.update(
             layout=LAYOUT,
@@ -210,6 +230,7 @@ def write_frame_entry(entry: str | Path, annotations, shard_files: list[Path], a
             dataset=annotations.dataset,
             annotations_sha256=annotations.sha256(),
         )
+        f.attrs["entry_digest"] = _entry_digest(f)  # the integrity record load_cache checks first
     return {
         "clips": len(ok_rows),
         "views": len(ok_rows) * int(passes),  # a pass over a clip's frames is its "view" here
@@ -280,11 +301,23 @@ def load_frames(path: str | Path) -> FrameCache:
             raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")
         if not is_frame_cache(f):
             raise CacheError(f"{path}: expected a per-frame cache (layout 'frames'), found layout 'views'")
-        _check_shards(f, path)
+        shards = _entry_shards(f, path)  # the entry against its digest, then each shard as tgdfer.features.cache does
+        for shard in shards:
+            problem = _shard_header_problem(shard)
+            if problem is not None:
+                raise CacheError(f"{path}: {problem}; {_RERUN}")
         features = f["features"][()]
+        for shard in shards:
+            _check_shard_data(shard, path, features[shard.start : shard.start + shard.views])
         for start in range(0, len(features), 65536):
-            if np.isnan(features[start : start + 65536]).any():
-                raise CacheError(f"{path}: features hold NaN (fill values of an unreadable shard) near frame {start}")
+            bad = ~np.isfinite(features[start : start + 65536]).all(axis=(1, 2))  # (chunk,) frames with NaN/Inf
+            if bad.any():
+                row = start + int(np.argmax(bad))
+                shard = next(s for s in reversed(shards) if s.start <= row)
+                raise CacheError(
+                    f"{path}: expected finite features, found NaN or Inf at frame row {row} (shard {shard.path}), "
+                    "which matches its digest: it was encoded so. Re-extract with --overwrite"
+                )
         return FrameCache(
             path=str(path),
             features=features,
