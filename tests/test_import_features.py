@@ -65,7 +65,7 @@ def test_import_of_a_video_features_folder_trains_end_to_end(tmp_path, tiny_clip
     assert (
         cache.timestamps_ms[cache.offsets[row] : cache.offsets[row + 1]].tolist() == (np.arange(len(x)) * 40.0).tolist()
     )
-    assert cache.class_names == ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
+    assert cache.class_names == ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")  # sorted
 
     run = tmp_path / "run"
     sets = ["train.epochs=8", "train.batch_size=8", "optim.milestones=6,7"]
@@ -128,8 +128,8 @@ BAD = {
     "1d": "happy_00_clip.npy: expected a (frames, 32) array, found shape (32,); save one row per frame",
     "twice": "labels.csv: expected each feature file once, found {root}/happy_00_clip.npy for both "
     "'other/happy_00.mp4' and 'videos/happy_00.mp4' (video_features names outputs by stem: rename one video)",
-    "typo": "labels.csv: expected class labels such as 'happiness', found 'hapiness' (a typo?); fix the label "
-    "column, as it would become a class of its own",
+    "typo": "labels.csv:2: expected a label such as 'happiness', found 'hapiness', a near-duplicate of that "
+    "emotion's name; fix the label, or pass --classes including hapiness to keep it as written",
     "timestamps": "happy_00_clip.npy: expected 21 timestamps, one per frame, found 3",
 }
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import difflib
 import hashlib
 import json
 import zipfile
@@ -38,9 +37,7 @@ from tgdfer.data.video import VIDEO_EXTENSIONS
 from tgdfer.errors import ConfigError, FeatureImportError
 from tgdfer.features.cache import shard_dir, shard_path
 from tgdfer.features.frames import PLAIN_PASS, FrameShardData, write_frame_entry, write_frame_shard
-from tgdfer.labels import CLASS_NAMES, SYNONYMS
 
-_KNOWN_LABELS = sorted({n for names in CLASS_NAMES.values() for n in names} | set(SYNONYMS))
 _NORM_TOLERANCE = 1e-2  # |norm - 1| of every row below this: the input was L2-normalised
 
 
@@ -127,19 +124,6 @@ def _check(name: str, array: np.ndarray, timestamps: np.ndarray | None, dim: int
         raise FeatureImportError(f"{name}: expected {len(array)} timestamps, one per frame, found {len(timestamps)}")
     digest = hashlib.sha256(np.ascontiguousarray(stored).tobytes()).hexdigest()
     return _Clip(array, timestamps, digest)
-
-
-def _check_labels(annotations: Annotations, source: str) -> None:
-    """A label one typo from a known class name ('hapiness') would become a class of its own: refuse it."""
-    for name in annotations.class_names:
-        if name in _KNOWN_LABELS or name.isdigit():
-            continue
-        close = difflib.get_close_matches(name, _KNOWN_LABELS, n=1, cutoff=0.8)
-        if close:
-            raise FeatureImportError(
-                f"{source}: expected class labels such as {close[0]!r}, found {name!r} (a typo?); fix the label "
-                "column, as it would become a class of its own"
-            )
 
 
 def _import(
@@ -254,7 +238,6 @@ def import_features(cfg: ImportConfig, log: Callable[[str], None] = print) -> di
     if not folder.is_dir():
         raise FeatureImportError(f"expected a folder of feature files, found no folder {folder}")
     annotations = read_csv(folder, cfg.annotations)
-    _check_labels(annotations, cfg.annotations)
     targets: dict[Path, str] = {}
     loaders, names = [], []
     for clip in annotations.clips:
@@ -293,7 +276,8 @@ def import_arrays(
         raise FeatureImportError(
             f"expected a label for every feature array and no other, found a mismatch for {missing[:5]}"
         )
-    class_names, index = _csv_classes([labels[i] for i in ids])
+    # the CSV reader's rules: canonical names sorted, a typo of another label or of an emotion name refused
+    class_names, index, _ = _csv_classes([(k + 1, labels[i]) for k, i in enumerate(ids)], None, Path("labels"))
     roles = {"train": TRAIN, "test": TEST}
     membership = np.zeros((len(ids), 1), np.int8)
     for k, i in enumerate(ids):
@@ -303,7 +287,6 @@ def import_arrays(
         membership[k, 0] = role
     records = tuple(ClipRecord(i, index[labels[i]], f"memory/{i}") for i in ids)
     annotations = Annotations("arrays", class_names, ("default",), records, membership, ())
-    _check_labels(annotations, "labels")
     loaders = [
         lambda i=i: (np.asarray(features[i]), None if timestamps_ms is None else timestamps_ms.get(i)) for i in ids
     ]
