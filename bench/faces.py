@@ -166,6 +166,24 @@ def main() -> None:
         print(f"| {name} | {v.count('found')} | {v.count('wrong')} | {false} | {ms:.1f} |")
         print("   " + "".join({"found": "x", "wrong": "?", "missed": "."}[x] for x in v))
 
+    # The path extract and predict take: FaceCropper.crop_clip on 16 frames sampled across each portrait's stream.
+    picks = np.linspace(0, args.frames - 1, 16).round().astype(int)
+    clips = [{int(i): frames[start + i] for i in picks} for start in range(0, len(frames), args.frames)]
+    clip_truth = [truth[start + int(i)] for start in range(0, len(frames), args.frames) for i in picks]
+    for backend in ("haar", "blazeface"):
+        cropper = FaceCropper(detector=backend)
+        cropper.detect(frames[0])
+        best = float("inf")
+        for _ in range(max(1, args.repeat)):
+            start = time.perf_counter()
+            for clip in clips:
+                cropper.crop_clip(clip)
+            best = min(best, (time.perf_counter() - start) / (16 * len(clips)) * 1000)
+        boxes = [box for clip in clips for box in cropper.boxes(clip).values()]  # what crop_clip found, frame by frame
+        v = [judge(b, t, frames[0].shape) for b, t in zip(boxes, clip_truth, strict=True)]
+        name = f"FaceCropper.crop_clip, {'Haar' if backend == 'haar' else 'BlazeFace'} (16 sampled frames a portrait)"
+        print(f"| {name} | {v.count('found')} of {len(v)} | {v.count('wrong')} | | {best:.1f} |")
+
     # The two detectors' default crops on the upright astronaut: how much they overlap (FRAMING in tgdfer/faces.py).
     image = portraits()[0][0]
     squares = []

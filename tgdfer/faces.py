@@ -531,9 +531,11 @@ class FaceCropper:
         margin: float | None = None,  # crop side / box side; None: the detector's own (FRAMING): DFEW-like crops
         shift: float | None = None,  # crop centre moves down this share of the box side; None: the detector's own
         detector: DetectorConfig | str = DetectorConfig(),  # a str: a backend name ("haar"), other defaults
-        # A clip's sampled frames lie several frames apart: their boxes are not averaged (smooth=1), and a whole-frame
-        # search runs every 4th sampled frame, so a 16-frame clip gets 4 of them and 12 zoomed ones.
-        track: TrackConfig = TrackConfig(detect_every=4, smooth=1.0),
+        # A clip's sampled frames lie several frames apart, so the face may move far between them: boxes are not
+        # averaged (smooth=1), a face not found near the last one is chosen afresh at once (max_missed=0: the
+        # largest face of that frame, as a per-frame search would), and a whole-frame search runs every 4th sampled
+        # frame (a 16-frame clip gets 4 of them and 12 zoomed ones).
+        track: TrackConfig = TrackConfig(detect_every=4, max_missed=0, smooth=1.0),
     ):
         if margin is not None and margin < 1.0:
             raise ValueError(f"margin: expected >= 1 (the crop holds the whole box), found {margin}")
