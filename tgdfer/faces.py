@@ -187,17 +187,19 @@ def _weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, 
     return faces
 
 
-def _letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+def _letterbox(image: np.ndarray, size: int, pad: bool = True):
     """(h, w, 3) -> (size, size, 3) with the image scaled to fit and centred on black, and (ox, oy, sx, sy): a
-    point p of the square in [0, 1] lies at ((p_x * size - ox) / sx, (p_y * size - oy) / sy) of the image."""
+    point p of the square in [0, 1] lies at ((p_x * size - ox) / sx, (p_y * size - oy) / sy) of the image. With
+    ``pad=False`` only the scaled image, its longest side ``size``."""
     h, w = image.shape[:2]
     scale = size / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    scaled = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if not pad:
+        return scaled
     out = np.zeros((size, size, 3), np.uint8)
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    out[oy : oy + nh, ox : ox + nw] = cv2.resize(
-        image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    )
+    out[oy : oy + nh, ox : ox + nw] = scaled
     return out, (ox, oy, nw, nh)
 
 
@@ -351,7 +353,11 @@ class FaceDetector:
         if self._models is None:
             return _by_size(self._haar(frame))
         c = self.config
-        hits = self._models["full"](frame, c.min_score) + self._models["short"](frame, c.min_score)
+        # Shrunk once to the larger model input (boxes are fractions, so both read the same small copy); the zoomed
+        # looks below cut their squares from the full frame.
+        side = max(m.size for m in self._models.values())
+        small = frame if max(frame.shape[:2]) <= side else _letterbox(frame, side, pad=False)
+        hits = self._models["full"](small, c.min_score) + self._models["short"](small, c.min_score)
         faces = []
         for hit in sorted(hits, key=lambda f: -f.score):
             if _overlaps(hit.box, faces, c.nms_iou):
@@ -501,14 +507,14 @@ class FaceTracker:
         if found is None:
             self._velocity = np.zeros(2)
             return None
-        self._missed = 0
-        self._follow(found.box, shape, continuing=tracking)
+        gap, self._missed = self._missed + 1, 0  # frames since the face was last seen
+        self._follow(found.box, shape, continuing=tracking, gap=gap)
         return TrackedFace(self._box, found.score, source, self.person, self.frame)
 
-    def _follow(self, box: Box, shape: tuple[int, ...], continuing: bool) -> None:
+    def _follow(self, box: Box, shape: tuple[int, ...], continuing: bool, gap: int) -> None:
         c = self.config
-        if continuing and self._raw is not None:
-            move = _centre_px(box, shape) - _centre_px(self._raw, shape)
+        if continuing and self._raw is not None:  # motion per frame, over the frames since it was last seen
+            move = (_centre_px(box, shape) - _centre_px(self._raw, shape)) / gap
             self._velocity = np.array([move[0] / shape[1], move[1] / shape[0]])
         self._raw = box
         old = self._box
