@@ -6,8 +6,9 @@ square around it with a margin, like DFEW's crops, which hold the whole face dow
 
 The detector is Google MediaPipe's BlazeFace (Bazarevsky et al. 2019), two small TFLite models shipped inside tgdfer
 (``tgdfer/face_models``, Apache-2.0; provenance and checksums in the README there) and run by OpenCV's DNN module, so
-it needs no package beyond OpenCV and nothing downloads. It finds tilted (in-plane rotations past 45 degrees) and
-turned faces that OpenCV's Haar frontal cascade misses, at a few milliseconds a frame on one CPU thread. Where
+it needs no package beyond OpenCV and nothing downloads. It finds tilted faces (skimage's astronaut rotated in-plane
+up to 90 degrees either way) and turned ones that OpenCV's Haar frontal cascade misses (it misses the astronaut at
+-20, -30 and +30 degrees), at a few milliseconds a frame on one CPU thread (bench/faces.py). Where
 BlazeFace cannot load (an OpenCV without a TFLite reader, a broken install), ``backend="auto"`` falls back to the
 Haar cascade with a warning.
 
