@@ -160,9 +160,9 @@ def _run_clips(
             "face crops, or --no-face-crop); pass --face-crop to detect faces"
         )
     if face_crop:
-        from tgdfer.data.faces import cascade_path
+        from tgdfer.data.faces import FaceDetector
 
-        cascade_path()  # a missing cascade fails once, here, not inside every worker
+        FaceDetector().backend  # noqa: B018  (loads it: no detector at all fails once, here, not in every worker)
     clip = _image_encoder(run)
     frames, names = int(run.identity["frames"]), run.class_names
     paths = [str(p) for p in paths]
