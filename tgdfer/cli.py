@@ -108,13 +108,16 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default auto)")] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights for the text tower (default: the cache's)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint")] = False,
+    batch: Annotated[
+        bool, typer.Option(help="--fold all: train the folds together as one batched model; --no-batch: one by one")
+    ] = True,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
     from tgdfer.train.engine import train as run_train
 
     cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip}, set_)
     cfg = dataclasses.replace(cfg, out=str(out or Path("cache/runs") / f"{Path(cfg.features).stem}-fold{cfg.fold}"))
-    run_train(cfg, resume=resume)
+    run_train(cfg, resume=resume, batch=batch)
 
 
 @app.command()
@@ -129,11 +132,15 @@ def ablate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override applied to every row")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the planned runs and their settings, train nothing")] = False,
+    batch: Annotated[
+        bool | None,
+        typer.Option(help="Train runs of one model shape as one batched model (default); --no-batch: one at a time"),
+    ] = None,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
     from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
 
-    flags = {"table": table, "features": features, "workers": workers, "out": out, "device": device}
+    flags = {"table": table, "features": features, "workers": workers, "out": out, "device": device, "batch": batch}
     flags["rows"] = tuple(r.strip() for r in rows.split(",")) if rows else None
     flags["seeds"] = tuple(parse_seeds(seeds)) if seeds else None
     flags["folds"] = tuple(parse_folds(folds)) if folds and folds.strip().lower() != "all" else None

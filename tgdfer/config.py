@@ -272,6 +272,8 @@ class SweepConfig:
     rows: tuple[str, ...] | None = None  # only these row labels; None: the whole table
     overrides: tuple[str, ...] = ()  # --set applied to every row, after the row's own settings
     device: str = "auto"  # auto: CUDA when present, else CPU
+    batch: bool = True  # runs of one model shape (a row's folds and seeds) train as one batched model; False
+    #                     (--no-batch) trains them one at a time, each bit-identical to `tgdfer train`
 
     def __post_init__(self) -> None:
         _checked(self, {"workers": (_at_least(1), ">= 1 trainings at once"), "seeds": (len, "at least one seed")})

@@ -7,6 +7,8 @@ s1-w4, Table 5 h and Table 6's trained model are one run per fold and seed), and
 with metrics.json is reused, one with only checkpoint.pt continues from it. A run that fails leaves error.txt
 (its traceback) and the sweep goes on; a rerun retries it.
 
+Runs that share a model shape (the folds and seeds of a row) train together as one batched model
+(``tgdfer.sweep.grouped``, ``tgdfer.train.batched``) unless ``SweepConfig.batch`` is off (``--no-batch``).
 ``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
 loading the cache and CLIP once, spread over the GPUs round-robin. The report is ``<out>/table<N>.md`` and
 ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs behind each, the paper's figures.
@@ -131,7 +133,9 @@ def _status(run_dir: Path) -> str:
     return RunDir(run_dir).status()
 
 
-def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str, log: Callable[[str], None]) -> int:
+def _train_all(
+    jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str, log: Callable[[str], None], batch: bool = False
+) -> int:
     """Train the jobs ({key: (config, label)}) not finished yet; one line per finished run. Returns how many ran."""
     todo = {k: job for k, job in jobs.items() if _status(Path(job[0].out)) != "done"}
     done0 = len(jobs) - len(todo)
@@ -156,6 +160,11 @@ def _train_all(jobs: dict[str, tuple[RunConfig, str]], workers: int, device: str
     def resume(cfg: RunConfig) -> bool:
         return _status(Path(cfg.out)) == "partial"
 
+    if batch:  # runs of one model shape train as one batched model (tgdfer.sweep.grouped)
+        from tgdfer.sweep.grouped import train_groups
+
+        train_groups(todo, resume, report, workers, device)
+        return len(todo)
     workers = min(workers, len(todo))
     if workers == 1:
         try:
@@ -298,7 +307,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
         summary, failed = _summarize(spec, chosen, plan, {})
         return {**result, "rows": summary, "failed": failed, "ran": 0, "skipped": finished}
 
-    ran = _train_all(jobs, workers, device, log)
+    ran = _train_all(jobs, workers, device, log, batch=sweep.batch)
     errors = (
         _evaluate_selected(chosen, list(dict.fromkeys(p["run_dir"] for p in plan)), features, device, log)
         if spec.evaluates
