@@ -167,3 +167,24 @@ def test_ablate_batches_runs_of_one_shape_and_no_batch_keeps_the_old_path(featur
     assert calls == [] and old["ran"] == 4
     for new_row, old_row in zip(result["rows"], old["rows"], strict=True):
         assert new_row["war"] == old_row["war"] and new_row["uar"] == old_row["uar"]
+
+
+def test_cli_train_fold_all_batches_by_default_and_no_batch_trains_one_by_one(
+    tmp_path, tiny_clip_path, tiny_clip, monkeypatch
+):
+    from tgdfer.apps.synthetic import write_feature_cache
+    from tgdfer.cli import main
+
+    path = tmp_path / "c.h5"
+    write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, views=1, folds=2)
+    calls = []
+    real = batched.fit_batched
+    monkeypatch.setattr(batched, "fit_batched", lambda cfgs, *a, **k: calls.append(len(cfgs)) or real(cfgs, *a, **k))
+    common = ["train", "--features", str(path), "--fold", "all", "--device", "cpu", "--set", "train.epochs=1"]
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert calls == [2] and json.loads((tmp_path / "b" / "summary.json").read_text())["folds"] == ["1", "2"]
+    assert main([*common, "--out", str(tmp_path / "n"), "--no-batch"]) == 0
+    assert calls == [2] and (tmp_path / "n" / "fold2" / "metrics.json").exists()
+    sweep = ["ablate", "--table", "3", "--features", str(path), "--rows", "e", "--set", "train.epochs=1"]
+    assert main([*sweep, "--out", str(tmp_path / "s"), "--no-batch", "--device", "cpu"]) == 0 and calls == [2]
+    assert main([*sweep, "--out", str(tmp_path / "t"), "--device", "cpu"]) == 0 and calls == [2, 2]
