@@ -16,7 +16,8 @@ Targets (issue 4, one H100): one fold of 50 epochs in 30 s or less; ratio (in-lo
 Issue 14: batched / one-at-a-time runs/min >= 3 for 5 folds on the CPU; peak memory <= 1.5x cache + a constant.
 
 Memory: each size's cache is generated in a separate process first, then `tgdfer train` (1 epoch, CPU) runs in a
-fresh process whose peak RSS is read from getrusage, so neither generation nor this process is counted. That
+fresh process whose peak RSS is its VmHWM (getrusage's maximum would carry this process's over fork and exec),
+so neither generation nor this process is counted. That
 `train` uses fixed prompts and no temporal layers (model.fine_depth=0 coarse_depth=0 fine_learnable=false
 coarse_learnable=false) so a 16k-clip epoch takes a minute on a CPU: what scales with the cache (loading,
 the split, the centring mean, the epoch's batches, evaluation) is the same code; the model's activations are a
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,10 +133,12 @@ def _memory(work: Path, clip_file: Path, sizes: list[int]) -> None:
             subprocess.run([sys.executable, "-c", generate, str(cache), str(clip_file), str(n)], check=True, env=env)
         size = sum(f.stat().st_size for f in (work / f"memory-{n}.shards").iterdir()) + cache.stat().st_size
         script = (
-            "import resource, sys; from tgdfer.cli import main; code = main(sys.argv[1:]); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+            "import sys; from tgdfer.cli import main; code = main(sys.argv[1:]); "  # VmHWM: this process's own peak
+            "print('PEAK', open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(code)"
         )
-        cmd = [sys.executable, "-c", script, "train", "--features", str(cache), "--out", str(work / f"memory-run-{n}")]
+        run_dir = work / f"memory-run-{n}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (train refuses to overwrite one)
+        cmd = [sys.executable, "-c", script, "train", "--features", str(cache), "--out", str(run_dir)]
         cmd += ["--device", "cpu", "--set", "train.epochs=1", *[a for c in cheap for a in ("--set", c)]]
         done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
         peak = int(next(line for line in done.stdout.splitlines() if line.startswith("PEAK")).split()[1]) * 1024
