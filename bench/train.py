@@ -1,5 +1,7 @@
 """Stage-2 speed: seconds per epoch and steps/s on a DFEW-sized generated cache, and the ratio to an epoch that
-runs the CLIP image encoder in the loop as DFER-CLIP does.
+runs the CLIP image encoder in the loop as DFER-CLIP does; one step's time split into text tower / temporal
+network / the rest; R folds trained as one batched model against the same R folds one at a time (runs/min);
+and the peak memory of `tgdfer train` against the cache's size at 1k/4k/16k clips.
 
 Cache: 11,697 clips (DFEW), T=16, D=512, 4 train views, generated features; fold 1 trains on 4/5 of the clips.
 Text tower: the real ViT-B/32 architecture with random weights (speed does not depend on the weights).
@@ -11,12 +13,25 @@ which favours the in-loop side) with the ViT-B/32 image encoder, forward and bac
     python bench/train.py --clips 11697 --epochs 3 --device cuda
 
 Targets (issue 4, one H100): one fold of 50 epochs in 30 s or less; ratio (in-loop / cached epoch) >= 100.
+Issue 14: batched / one-at-a-time runs/min >= 3 for 5 folds on the CPU; peak memory <= 1.5x cache + a constant.
+
+Memory: each size's cache is generated in a separate process first, then `tgdfer train` (1 epoch, CPU) runs in a
+fresh process whose peak RSS is its VmHWM (getrusage's maximum would carry this process's over fork and exec),
+so neither generation nor this process is counted. That
+`train` uses fixed prompts and no temporal layers (model.fine_depth=0 coarse_depth=0 fine_learnable=false
+coarse_learnable=false) so a 16k-clip epoch takes a minute on a CPU: what scales with the cache (loading,
+the split, the centring mean, the epoch's batches, evaluation) is the same code; the model's activations are a
+constant either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +42,117 @@ import torch
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _breakdown(model, data, cfg, device, steps: int) -> dict[str, float]:
+    """Mean seconds of one training step, and of its text tower and temporal network forward+backward."""
+    import torch.nn.functional as F
+
+    from tgdfer.devices import autocast
+
+    model.train()
+    x = data.features[data.train_views[: cfg.train.batch_size, 0]].float()  # (B, T, D)
+    y = data.train_labels[: cfg.train.batch_size]
+
+    def step() -> None:
+        with autocast(device, cfg.train.amp):
+            out = model(x)
+        F.cross_entropy(out.logits.float(), y).backward()
+
+    def tower() -> None:
+        with autocast(device, cfg.train.amp):
+            feats = [f for f in model.prompts() if f is not None and f.requires_grad]
+        if feats:
+            sum(f.float().sum() for f in feats).backward()
+
+    def temporal() -> None:
+        with autocast(device, cfg.train.amp):
+            model.temporal(x).float().sum().backward()
+
+    out = {}
+    for name, fn in (("step", step), ("text tower", tower), ("temporal", temporal)):
+        fn()  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+            model.zero_grad(set_to_none=True)
+        _sync(device)
+        out[name] = (time.perf_counter() - t0) / steps
+    out["rest"] = out["step"] - out["text tower"] - out["temporal"]
+    return out
+
+
+def _batched_vs_alone(cache_path: Path, clip, work: Path, runs: int, epochs: int, device, overrides) -> None:
+    """R folds of one row: trained one at a time (engine.fit) and as one batched model (fit_batched)."""
+    from tgdfer.config import RunConfig, apply_overrides
+    from tgdfer.features.cache import load_cache
+    from tgdfer.train.batched import fit_batched
+    from tgdfer.train.engine import fit
+
+    cache = load_cache(cache_path)
+
+    def cfg(fold: int, tag: str) -> RunConfig:
+        base = RunConfig(features=str(cache_path), fold=str(fold), out=str(work / f"{tag}{fold}"), device=str(device))
+        return apply_overrides(base, [f"train.epochs={epochs}", *overrides])
+
+    folds = range(1, runs + 1)
+    t0 = time.perf_counter()
+    alone = [fit(cfg(f, "alone"), cache=cache, clip=clip, log=lambda _: None) for f in folds]
+    alone_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    together = fit_batched([cfg(f, "batched") for f in folds], cache=cache, clip=clip, log=lambda _: None)
+    batched_s = time.perf_counter() - t0
+    bad = [o for o in together if isinstance(o, Exception)]
+    if bad:
+        raise SystemExit(f"a batched run failed: {bad[0]}")
+    wars = [(a["war"], b["war"]) for a, b in zip(alone, together, strict=True)]
+    print(
+        f"{runs} folds x {epochs} epochs, one at a time: {alone_s:8.1f} s = {runs / alone_s * 60:6.2f} runs/min\n"
+        f"{runs} folds x {epochs} epochs, batched      : {batched_s:8.1f} s = {runs / batched_s * 60:6.2f} runs/min\n"
+        f"batched / one at a time: {alone_s / batched_s:.2f}x runs/min (target on the CPU: >= 3x for 5 folds); "
+        f"WAR alone vs batched per fold: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in wars)}"
+    )
+
+
+def _memory(work: Path, clip_file: Path, sizes: list[int]) -> None:
+    """Peak RSS of `tgdfer train` (1 epoch, CPU, a fresh process) against the cache's size on disk."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    here = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), env.get("PYTHONPATH")]))
+    generate = (
+        "import sys; from tgdfer.backbone import load_clip; from tgdfer.apps.synthetic import write_feature_cache; "
+        "c = load_clip(sys.argv[2]); write_feature_cache(sys.argv[1], sys.argv[2], c.sha256, n_clips=int(sys.argv[3]), "
+        "dim=c.dim, views=4, shard_clips=1024)"
+    )
+    cheap = ["model.fine_depth=0", "model.coarse_depth=0", "model.fine_learnable=false", "model.coarse_learnable=false"]
+    rows = []
+    for n in sizes:
+        cache = work / f"memory-{n}.h5"
+        if not cache.exists():
+            subprocess.run([sys.executable, "-c", generate, str(cache), str(clip_file), str(n)], check=True, env=env)
+        size = sum(f.stat().st_size for f in (work / f"memory-{n}.shards").iterdir()) + cache.stat().st_size
+        script = (
+            "import sys; from tgdfer.cli import main; code = main(sys.argv[1:]); "  # VmHWM: this process's own peak
+            "print('PEAK', open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(code)"
+        )
+        run_dir = work / f"memory-run-{n}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (train refuses to overwrite one)
+        cmd = [sys.executable, "-c", script, "train", "--features", str(cache), "--out", str(run_dir)]
+        cmd += ["--device", "cpu", "--set", "train.epochs=1", *[a for c in cheap for a in ("--set", c)]]
+        done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+        peak = int(next(line for line in done.stdout.splitlines() if line.startswith("PEAK")).split()[1]) * 1024
+        rows.append((n, size, peak))
+        line = f"memory: {n:6d} clips, cache {size / 2**30:6.3f} GiB, peak RSS of train {peak / 2**30:6.2f} GiB"
+        print(line, flush=True)
+    if len(rows) > 1:
+        (n0, c0, p0), (n1, c1, p1) = rows[0], rows[-1]
+        slope = (p1 - p0) / (c1 - c0)
+        constant = p0 - slope * c0
+        print(
+            f"memory: peak grows {slope:.2f}x as fast as the cache ({n0} -> {n1} clips); constant "
+            f"{constant / 2**30:.2f} GiB (torch, CLIP weights, the model); target <= 1.5x + a constant"
+        )
 
 
 def main() -> None:
@@ -56,6 +182,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.amp=false")
     p.add_argument("--work", default=None, help="folder for the generated cache (kept between runs)")
+    p.add_argument("--breakdown-steps", type=int, default=10 if cuda else 2, help="steps timed per part of a step")
+    p.add_argument("--runs", type=int, default=5, help="folds of the batched vs one-at-a-time comparison (0: skip)")
+    p.add_argument("--runs-epochs", type=int, default=50 if cuda else 1, help="epochs of each of those runs")
+    p.add_argument(
+        "--memory", default="1000,4000,16000", help="cache sizes (clips) of the memory measurement; '' to skip"
+    )
     args = p.parse_args()
 
     device = resolve_device(args.device)
@@ -84,6 +216,15 @@ def main() -> None:
         f"batch {cfg.train.batch_size}, {steps} steps/epoch, amp {cfg.train.amp and cuda}"
     )
 
+    parts = _breakdown(model, data, cfg, device, args.breakdown_steps)
+    print(
+        f"one step: {parts['step'] * 1000:8.1f} ms = text tower {parts['text tower'] * 1000:.1f} ms "
+        f"({parts['text tower'] / parts['step']:.0%}) + temporal {parts['temporal'] * 1000:.1f} ms "
+        f"({parts['temporal'] / parts['step']:.0%}) + rest {parts['rest'] * 1000:.1f} ms "
+        f"({parts['rest'] / parts['step']:.0%}) (forward + backward; the optimizer step is not included)",
+        flush=True,
+    )
+    optimizer.zero_grad(set_to_none=True)
     train_one_epoch(model, optimizer, data, cfg.train, 0)  # warm-up (allocator, kernels)
     _sync(device)
     t0 = time.perf_counter()
@@ -134,6 +275,12 @@ def main() -> None:
     print("targets on one H100: 50 epochs of one DFEW fold <= 30 s; ratio >= 100")
     if scale != 1:
         print(f"(in-loop encoder timed on {b} clips x {t} frames per step, scaled x{scale:.0f} to the batch)")
+    del visual, pixels, data, model, optimizer
+    if args.runs:
+        _batched_vs_alone(cache_path, clip, work, args.runs, args.runs_epochs, device, args.overrides)
+    sizes = [int(x) for x in args.memory.split(",") if x.strip()]
+    if sizes:
+        _memory(work, clip_file, sizes)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ def train(
     slurm_mem_gb: SlurmMemGb = None,
     slurm_time: SlurmTime = None,
     slurm_max_parallel: SlurmMaxParallel = None,
+    batch: Annotated[
+        bool, typer.Option(help="--fold all: train the folds together as one batched model (default: one by one)")
+    ] = False,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
     from tgdfer.train.engine import train as run_train
@@ -192,7 +195,7 @@ def train(
 
         train_folds(cfg, folds_of(cfg.features, cfg.fold), where, resume=resume)
         return
-    run_train(cfg, resume=resume)
+    run_train(cfg, resume=resume, batch=batch)
 
 
 @app.command()
@@ -216,6 +219,10 @@ def ablate(
     slurm_max_parallel: SlurmMaxParallel = None,
     runs_per_task: RunsPerTask = None,
     runs_per_gpu: RunsPerGpu = None,
+    batch: Annotated[
+        bool | None,
+        typer.Option(help="Train runs of one model shape as one batched model (default: one at a time)"),
+    ] = None,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
     from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
@@ -228,6 +235,7 @@ def ablate(
     )
     flags = {"table": table, "features": features, "workers": workers, "out": out, "device": device}
     flags["launcher"] = where
+    flags["batch"] = batch
     flags["rows"] = tuple(r.strip() for r in rows.split(",")) if rows else None
     flags["seeds"] = tuple(parse_seeds(seeds)) if seeds else None
     flags["folds"] = tuple(parse_folds(folds)) if folds and folds.strip().lower() != "all" else None

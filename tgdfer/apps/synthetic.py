@@ -255,13 +255,26 @@ def write_feature_cache(
     prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True) / math.sqrt(dim)  # per-coordinate scale ~1
     labels = rng.integers(0, len(classes), n_clips)
     per_clip = 1 + views
-    feats = rng.normal(0, noise, (n_clips, per_clip, frames, dim)).astype(np.float32)
+    # The noise is drawn in shard-sized pieces (the same numbers as one draw of every clip, since the generator's
+    # normals come one after another): all of it at once in float64 took 6x the cache's size in memory.
+    noise_state = rng.bit_generator.state
+    for start in range(0, n_clips, shard_clips):  # advance past the noise to draw the signal positions
+        rng.normal(0, noise, (min(shard_clips, n_clips - start), per_clip, frames, dim))
     mask = np.zeros((n_clips, per_clip, frames), dtype=bool)
     for c in range(n_clips):
         for v in range(per_clip):
-            where = rng.choice(frames, size=signal_frames, replace=False)
-            mask[c, v, where] = True
-            feats[c, v, where] += signal * prototypes[labels[c]]
+            mask[c, v, rng.choice(frames, size=signal_frames, replace=False)] = True
+    noise_rng = np.random.default_rng()
+    noise_rng.bit_generator.state = noise_state
+
+    def shard_features(rows: np.ndarray) -> np.ndarray:
+        """(len(rows) * per_clip, T, D) float16 features of consecutive clip rows."""
+        feats = noise_rng.normal(0, noise, (len(rows), per_clip, frames, dim)).astype(np.float32)
+        for i, c in enumerate(rows):
+            for v in range(per_clip):
+                feats[i, v, mask[c, v]] += signal * prototypes[labels[c]]
+        return feats.reshape(-1, frames, dim).astype(np.float16)
+
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
     membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
@@ -274,7 +287,7 @@ def write_feature_cache(
         kinds = np.tile(np.array([TEST_VIEW] + [TRAIN_VIEW] * views, np.int8), len(rows))
         data = ShardData(
             index=k,
-            features=feats[rows].reshape(-1, frames, dim).astype(np.float16),
+            features=shard_features(rows),
             view_row=np.repeat(rows, per_clip).astype(np.int32),
             view_kind=kinds,
             view_index=np.tile(np.array([0, *range(views)], np.int16), len(rows)),

@@ -7,6 +7,8 @@ s1-w4, Table 5 h and Table 6's trained model are one run per fold and seed), and
 with metrics.json is reused, one with only checkpoint.pt continues from it. A run that fails leaves error.txt
 (its traceback) and the sweep goes on; a rerun retries it.
 
+Runs that share a model shape (the folds and seeds of a row) train together as one batched model
+(``tgdfer.sweep.grouped``, ``tgdfer.train.batched``) unless ``SweepConfig.batch`` is off (``--no-batch``).
 ``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
 loading the cache and CLIP once, spread over the GPUs round-robin; a slurm ``launcher`` trains them as one SLURM
 array job instead (``tgdfer.sweep.launchers``). Workers die with the sweep (``_die_with_parent``): a killed sweep
@@ -167,10 +169,12 @@ def _train_all(
     log: Callable[[str], None],
     launcher: LauncherConfig | None = None,
     folder: Path | None = None,
+    batch: bool = False,
 ) -> int:
     """Train the jobs ({key: (config, label)}) not finished yet; one line per finished run. Returns how many ran.
 
-    With a slurm ``launcher`` they train as an array job (``tgdfer.sweep.launchers``, its files under ``folder``).
+    With a slurm ``launcher`` they train as an array job (``tgdfer.sweep.launchers``, its files under ``folder``);
+    with ``batch`` runs of one model shape train as one batched model (``tgdfer.sweep.grouped``).
     """
     todo = {k: job for k, job in jobs.items() if _status(Path(job[0].out)) != "done"}
     done0 = len(jobs) - len(todo)
@@ -200,6 +204,11 @@ def _train_all(
 
         for n, (key, outcome) in enumerate(launch(todo, launcher, folder or Path("."), device, log), 1):
             report(key, *outcome, n)
+        return len(todo)
+    if batch:  # runs of one model shape train as one batched model (tgdfer.sweep.grouped)
+        from tgdfer.sweep.grouped import train_groups
+
+        train_groups(todo, resume, report, workers, device)
         return len(todo)
     workers = min(workers, len(todo))
     if workers == 1:
@@ -343,7 +352,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
         summary, failed = _summarize(spec, chosen, plan, {})
         return {**result, "rows": summary, "failed": failed, "ran": 0, "skipped": finished}
 
-    ran = _train_all(jobs, workers, device, log, sweep.launcher, out_dir)
+    ran = _train_all(jobs, workers, device, log, sweep.launcher, out_dir, batch=sweep.batch)
     errors = (
         _evaluate_selected(chosen, list(dict.fromkeys(p["run_dir"] for p in plan)), features, device, log)
         if spec.evaluates

@@ -168,7 +168,6 @@ def fit(
 
 
 def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
-    from tgdfer.plots import confusion_png, curves_png
 
     run = RunDir(Path(cfg.out))
     if not resume and run.status() in ("done", "partial"):
@@ -219,6 +218,24 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
         log(_epoch_line(row, cfg.train.epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
+    return finish_run(run, model, data, cfg, split, trainable, started, history, log)
+
+
+def finish_run(
+    run: RunDir,
+    model: TGDFER,
+    data: FoldData,
+    cfg: RunConfig,
+    split: str,
+    trainable: int,
+    started: float,
+    history: list[dict],
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluate the final epoch, write metrics.json and the figures -> the metrics (``fit`` and ``fit_batched``)."""
+    from tgdfer.plots import confusion_png, curves_png
+
+    val = data.validation()  # None without val clips
     final = evaluate(model, data, cfg.train.amp)  # the final epoch is reported: no selection on the test split
     metrics = {
         **final.to_dict(data.class_names),
@@ -248,23 +265,38 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
     return metrics
 
 
-def fit_folds(cfg: RunConfig, folds: list[str], resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """One run per fold under cfg.out/fold<k>, then summary.json and the fold-summed confusion matrix."""
+def fit_folds(
+    cfg: RunConfig, folds: list[str], resume: bool = False, log: Callable[[str], None] = print, batch: bool = False
+) -> dict:
+    """One run per fold under cfg.out/fold<k>, then summary.json and the fold-summed confusion matrix.
+
+    ``batch``: the folds still to train step together as one batched model (``tgdfer.train.batched``); False
+    trains them one after another.
+    """
     from tgdfer.plots import confusion_png
+    from tgdfer.train.batched import fit_batched
 
     if len(folds) == 1:
         return fit(replace(cfg, fold=folds[0]), resume=resume, log=log)
     cache = load_cache(cfg.features)
     clip = load_clip(cfg.clip or cache.attrs["clip_model"], "cpu", torch.float32)
-    results = []
+    results, todo = {}, []
     for fold in folds:
         run_cfg = replace(cfg, fold=fold, out=str(Path(cfg.out) / f"fold{fold}"))
         run = RunDir(Path(run_cfg.out))
         if run.status() == "done":
             log(f"fold {fold}: finished earlier, reading {run.metrics}")
-            results.append(run.read_metrics())
-            continue
-        results.append(fit(run_cfg, resume=resume, cache=cache, clip=clip, log=log))
+            results[fold] = run.read_metrics()
+        elif not batch:
+            results[fold] = fit(run_cfg, resume=resume, cache=cache, clip=clip, log=log)
+        else:
+            todo.append(run_cfg)
+    if todo:
+        for run_cfg, outcome in zip(todo, fit_batched(todo, resume, cache, clip, log=log), strict=True):
+            if isinstance(outcome, Exception):
+                raise outcome
+            results[run_cfg.fold] = outcome
+    results = [results[fold] for fold in folds]
     summary = summarize(results)
     write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
     confusion_png(
@@ -281,8 +313,9 @@ def fit_folds(cfg: RunConfig, folds: list[str], resume: bool = False, log: Calla
     return summary
 
 
-def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """``tgdfer train``: one fold (``fit``), or with ``fold="all"`` every split of the cache (``fit_folds``)."""
+def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print, batch: bool = False) -> dict:
+    """``tgdfer train``: one fold (``fit``), or with ``fold="all"`` every split of the cache (``fit_folds``,
+    batched unless ``batch`` is False)."""
     from tgdfer.features.cache import folds_of
 
-    return fit_folds(cfg, folds_of(cfg.features, cfg.fold), resume=resume, log=log)
+    return fit_folds(cfg, folds_of(cfg.features, cfg.fold), resume=resume, log=log, batch=batch)

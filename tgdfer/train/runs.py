@@ -159,8 +159,12 @@ def save_checkpoint(
     cfg: RunConfig,
     identity: dict,
     device: torch.device,
+    rng: torch.Tensor | None = None,
 ) -> None:
-    """Write checkpoint.pt atomically, holding only tensors and plain types (see the module docstring)."""
+    """Write checkpoint.pt atomically, holding only tensors and plain types (see the module docstring).
+
+    ``rng``: the run's CPU RNG state when it is not the global one (a batched run's own stream).
+    """
     state = {
         "format": CHECKPOINT_FORMAT,
         "tgdfer_version": __version__,
@@ -169,7 +173,7 @@ def save_checkpoint(
         "scheduler": _scheduler_state(scheduler.state_dict()),
         "epoch": epoch,
         "rng": {
-            "torch": torch.get_rng_state(),
+            "torch": torch.get_rng_state() if rng is None else rng,
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
         "history": json.dumps(history),
