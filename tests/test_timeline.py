@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import tracemalloc
 from pathlib import Path
@@ -169,7 +170,7 @@ def test_follower_takes_the_chosen_face_and_keeps_it():
         assert all(b is not None for b in boxes)
         assert all((b[0] < 0.5) == left for b in boxes)
         # detections on frames 0, 2, 4, 6, 8; frame 9 holds frame 8's box
-        assert boxes[-1] == ((18 / 200, 0.2, 0.2, 0.4) if left else (142 / 200, 0.3, 44 / 200, 0.44))
+        assert boxes[-1] == pytest.approx((18 / 200, 0.2, 0.2, 0.4) if left else (142 / 200, 0.3, 44 / 200, 0.44))
         which = "the largest" if choose == 0 else "number 2 by size"
         assert follower.events == [f"0.00 s: following the face {which} of 2 found, at " + tl._where(boxes[0])]
         assert detector.calls == 3 + 4  # at the start: detect, hide that face, again, until none (3); then one
@@ -351,15 +352,16 @@ def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     bad.write_bytes(b"not a video at all" * 100)
     out = tmp_path / "out"
     argv = ["timeline", str(bad), str(good), "--run", str(trained), "--out", str(out), "--device", "cpu"]
-    status = main(
-        [*argv, "--no-face-crop", "--smooth", "mean", "--smooth-windows", "3", "--window", "16f", "--stride", "8f"]
-    )
+    options = ["--no-face-crop", "--smooth", "mean", "--smooth-windows", "3", "--window", "16f", "--stride", "8f"]
+    status = main([*argv, *options, "--batch-frames", "8", "--set", "log_every=1e-9"])
     captured = capsys.readouterr()
     assert status == 1  # one video failed; the other still has its timeline
     lines = captured.out.strip().splitlines()
     assert lines[0].startswith(f"{bad}: failed: unreadable video (")
     assert lines[1].startswith(f"{good}: 0:04.0, 12 windows of 0.64 s every 0.32 s; time by top emotion: ")
     assert f"{bad}: skipped: unreadable video" in captured.err
+    progress = r"good: \d+/12 windows \(\d+%\), [\d.]+ windows/s, [\d.]+x real time, ETA \d+:\d\d"
+    assert re.search(progress, captured.err), captured.err  # periodic lines when stderr is not a terminal
     rows = _rows(out / "good.timeline.csv")
     assert list(rows[0]) == [*tl.FIXED_COLUMNS, *NAMES, *(f"{c}_mean3" for c in NAMES)]
     raw = np.array([[float(r[c]) for c in NAMES] for r in rows])
@@ -370,3 +372,12 @@ def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     assert header["stride_s"] == 0.32 and header["fps"] == 25.0 and header["frames_per_window"] == T
     assert header["versions"]["tgdfer"] and header["versions"]["av"] and len(header["settings_hash"]) == 16
     assert (out / "good.timeline.png").is_file()
+    # again with --resume: the timeline is complete, so nothing is decoded; --json prints the results
+    before = (out / "good.timeline.csv").read_text()
+    again = ["timeline", str(good), *argv[3:], *options, "--resume", "--json"]
+    status = main(again)
+    captured = capsys.readouterr()
+    assert status == 0 and (out / "good.timeline.csv").read_text() == before
+    assert "good: resuming after 12 of 12 windows" in captured.err
+    result = json.loads(captured.out)[0]
+    assert result["ok"] and result["windows"] == 12 and result["summary"]["windows"] == 12

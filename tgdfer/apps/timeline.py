@@ -51,6 +51,7 @@ from tgdfer.config import TimelineConfig
 from tgdfer.data.preprocess import clip_view
 from tgdfer.data.sampling import centre_indices
 from tgdfer.data.views import encode_frames
+from tgdfer.devices import autocast
 from tgdfer.errors import ConfigError
 from tgdfer.model.inference import predict_features
 from tgdfer.train.runs import RunDir, TrainedRun, load_run
@@ -261,7 +262,7 @@ class FaceFollower:
     there, in the whole frame, taking the face nearest the last box. Between detections the box is kept.
     """
 
-    def __init__(self, cropper, choose: int = 0, every: int = 4, reach: float = 1.0, most: int = 4):
+    def __init__(self, cropper, choose: int = 0, every: int = 4, reach: float = 0.5, most: int = 4):
         self.cropper, self.choose, self.every, self.reach, self.most = cropper, choose, every, reach, most
         self.box: Box | None = None
         self.last: Box | None = None  # the last box seen, kept while the face is lost
@@ -334,6 +335,21 @@ def _where(box: Box) -> str:
     return f"({cx:.2f}, {cy:.2f}) of the frame, {box[2]:.2f} wide"
 
 
+class _PromptsOnce(torch.nn.Module):
+    """The run's text prompts (X^FP, X^CP, Eq. 6) computed once, under the autocast a model call uses, and
+    returned by every later call. In inference they depend only on the trained weights, yet ``TGDFER.forward``
+    runs the CLIP text tower for them each call: 0.5-4.5 s on 2 CPU threads for ViT-B/32, more than a whole
+    batch of windows costs otherwise. The values are the ones the uncached module returns."""
+
+    def __init__(self, prompts: torch.nn.Module, device: torch.device, amp: bool):
+        super().__init__()
+        with torch.inference_mode(), autocast(device, amp):
+            self.values = tuple(t.detach() for t in prompts())  # (C, D) each
+
+    def forward(self) -> tuple[torch.Tensor, ...]:
+        return self.values
+
+
 def follow_faces(cropper, choose: int, every: int) -> FaceFollower:
     """The face tracker of the timeline: one place to switch to ``tgdfer.data.faces``' shared tracker."""
     return FaceFollower(cropper, choose=choose, every=every)
@@ -356,15 +372,15 @@ def _row(start: float, end: float, status: str, face_frac: float, probs: np.ndar
 
 
 def read_rows(path: str | Path, names: tuple[str, ...]) -> list[list[str]]:
-    """The complete rows of a timeline CSV (a row cut short by a crash is dropped); header checked."""
+    """The raw columns of the complete rows of a timeline CSV (a row cut short by a crash is dropped)."""
     text = Path(path).read_text()
     if not text.endswith("\n"):  # the last line was being written when the process died
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or rows[0][: len(columns(names))] != columns(names):
         raise ConfigError(f"--resume: expected a timeline CSV with columns {columns(names)}, found {path}")
-    width = len(rows[0])
-    return [r for r in rows[1:] if len(r) == width]
+    width, raw = len(rows[0]), len(columns(names))
+    return [r[:raw] for r in rows[1:] if len(r) == width]  # smoothed columns are recomputed from the raw ones
 
 
 def smooth(probs: np.ndarray, ok: np.ndarray, how: str, span: int) -> np.ndarray:
@@ -606,6 +622,7 @@ def _one_video(
     saved: list[tuple[int, np.ndarray]] = []
     pending: list[tuple[int, np.ndarray]] = []  # (frame number, (S, S, 3) uint8) waiting for the encoder
     state = {"next": done}
+    seconds = {"total": 0.0, "encoder": 0.0, "model": 0.0, "faces": 0.0, "encoded_frames": 0}
     progress = _Progress(stem, n_windows, done, stride_s, cfg.log_every, log)
     csv_file = open(files["csv"], "a", newline="")  # noqa: SIM115 (closed in the finally below)
     writer = csv.writer(csv_file, lineterminator="\n")
@@ -614,7 +631,10 @@ def _one_video(
         if not pending:
             return
         pixels = torch.from_numpy(np.stack([crop for _, crop in pending]))  # (B, S, S, 3) uint8
+        t0 = time.perf_counter()
         out = encode_frames(clip, pixels, batch_size=len(pending)).cpu()  # (B, D) fp16
+        seconds["encoder"] += time.perf_counter() - t0
+        seconds["encoded_frames"] += len(pending)
         for (i, _), feature in zip(pending, out, strict=True):
             if last_use[i] >= done:
                 features[i] = feature
@@ -646,7 +666,9 @@ def _one_video(
         probs = iter([])
         if stacks:
             batch = torch.stack(stacks).to(next(run.model.parameters()).device)  # (B, T, D)
+            t0 = time.perf_counter()
             out = predict_features(run.model, batch, amp=run.config.train.amp, batch_size=len(stacks))
+            seconds["model"] += time.perf_counter() - t0
             probs = iter(out["probs"].cpu().numpy())  # (B, C)
         for w in ready:
             status, frac = statuses[w]
@@ -659,6 +681,7 @@ def _one_video(
         progress.update(len(ready))
 
     reported = 0
+    started = time.perf_counter()
     try:
         for index, frame in stream.frames() if done < n_windows else ():
             if not sampled[index]:
@@ -666,7 +689,9 @@ def _one_video(
             if last_use[index] < done and not encode_needed[index] and follower is None:
                 continue  # resumed: only windows already in the CSV use this frame
             rgb = frame.rgb()
+            t0 = time.perf_counter()
             box = follower.update(rgb, float(stream.times[index])) if follower is not None else (0.0, 0.0, 1.0, 1.0)
+            seconds["faces"] += time.perf_counter() - t0
             if follower is not None:
                 for event in follower.events[reported:]:
                     log(f"{stem}: {event}")
@@ -732,11 +757,11 @@ def _one_video(
                 names,
                 files["png"],
                 smoothed=smoothed,
-                title=f"{Path(path).name}: {run.identity.get('dataset') or ''} run {Path(cfg.run).name}, "
-                f"{window_s:g} s windows every {stride_s:g} s",
+                title=f"{Path(path).name}: run {Path(cfg.run).name}, {window_s:g} s windows every {stride_s:g} s",
             )
         )
-    header |= {"status": "complete", "summary": summary}
+    seconds["total"] = time.perf_counter() - started  # from the decoding pass to the plot
+    header |= {"status": "complete", "summary": summary, "seconds": seconds}
     write_text(files["json"], json.dumps(header, indent=2) + "\n")
     return {
         "path": str(path),
@@ -753,6 +778,7 @@ def _one_video(
         "fps": stream.fps,
         "face_crop": face_crop,
         "summary": summary,
+        "seconds": seconds,  # this call's: total (the decoding pass), encoder, model, faces; encoded_frames
     }
 
 
@@ -778,6 +804,8 @@ def timeline(paths: list[str], cfg: TimelineConfig, log: Callable[[str], None] |
             parse_span(text, name)  # a bad length fails before the run loads, not once per video
     run = load_run(cfg.run, cfg.device, cfg.clip)
     _image_encoder(run)  # the run's CLIP image tower on its device and dtype, as predict uses it
+    device = next(run.model.parameters()).device
+    run.model.prompts = _PromptsOnce(run.model.prompts, device, run.config.train.amp)  # this run object only
     recorded = run.identity.get("face_crop")
     if cfg.face_crop is None:
         face_crop = True if recorded is None else bool(recorded)
