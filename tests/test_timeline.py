@@ -171,8 +171,8 @@ def test_follower_takes_the_chosen_face_and_keeps_it():
         assert all((b[0] < 0.5) == left for b in boxes)
         # detections on frames 0, 2, 4, 6, 8; frame 9 holds frame 8's box
         assert boxes[-1] == pytest.approx((18 / 200, 0.2, 0.2, 0.4) if left else (142 / 200, 0.3, 44 / 200, 0.44))
-        which = "the largest" if choose == 0 else "number 2 by size"
-        assert follower.events == [f"0.00 s: following the face {which} of 2 found, at " + tl._where(boxes[0])]
+        which = "largest" if choose == 0 else "2nd largest"
+        assert follower.events == [f"0.00 s: following the {which} of 2 faces found, at " + tl._where(boxes[0])]
         assert detector.calls == 3 + 4  # at the start: detect, hide that face, again, until none (3); then one
         #                                 search near the box every second frame (4)
 

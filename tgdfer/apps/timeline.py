@@ -20,7 +20,8 @@ probabilities, as if the window were one of its training clips:
   was. At the start it takes the largest face, or the ``face``-th by size.
 - **No face**: a window whose share of face frames (``face_frac``) is below ``min_face`` keeps its row with status
   ``no_face`` and empty probabilities (OpenFace's ``success=0`` convention), so rows always match time. Face-less
-  frames of a window that passes borrow the nearest face frame's features in that window.
+  frames of a window that passes borrow the nearest face frame's features in that window. A window without any
+  frame (a gap in a variable-frame-rate stream) has status ``no_frames``.
 
 Outputs per video (``out``): ``<stem>.timeline.csv`` (rows), ``<stem>.timeline.json`` (header: run, classes,
 window, stride, fps, versions, the settings hash that ``resume`` checks, and the summary), ``<stem>.timeline.png``
@@ -311,9 +312,9 @@ class FaceFollower:
             faces = sorted(self._faces(frame, max(self.most, self.choose + 1)), key=lambda b: -b[2] * b[3])
             if len(faces) > self.choose:
                 self.box = self.last = faces[self.choose]
-                which = "the largest" if self.choose == 0 else f"number {self.choose + 1} by size"
+                which = "largest" if self.choose == 0 else f"{_ordinal(self.choose + 1)} largest"
                 self.events.append(
-                    f"{when:.2f} s: following the face {which} of {len(faces)} found, at {_where(self.box)}"
+                    f"{when:.2f} s: following the {which} of {len(faces)} faces found, at {_where(self.box)}"
                 )
             return self.box
         faces = self._faces(frame, self.most)
@@ -328,6 +329,10 @@ class FaceFollower:
             if was:
                 self.events.append(f"{when:.2f} s: face lost")
         return self.box
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _where(box: Box) -> str:
