@@ -261,7 +261,13 @@ def test_window_probabilities_equal_predict_on_its_frames(tmp_path, trained):
     video = _clip_video(tmp_path / "clip.mkv", 6.0)
     result = tl.timeline([str(video)], _cfg(trained, tmp_path / "out", face_crop=False, save_features=True))[0]
     rows = _rows(result["csv"])
-    window_frames = np.load(result["npz"])["window_frames"]
+    saved = np.load(result["npz"])
+    window_frames = saved["window_frames"]
+    distinct = np.unique(window_frames)
+    # every sampled frame encoded once: 5 windows of 8 frames, each after the first sharing 4 with the one before
+    assert window_frames.shape == (5, T) and np.array_equal(window_frames[1:, :4], window_frames[:-1, 4:])
+    assert result["seconds"]["encoded_frames"] == len(distinct) == len(saved["frames"]) == 8 + 4 * 4
+    assert np.array_equal(saved["frames"], distinct)
     decoded = _decode_rgb(video)
     for w in (0, 3):
         folder = tmp_path / f"window{w}"
