@@ -24,6 +24,7 @@ from tgdfer.apps.predict import predict
 from tgdfer.apps.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, TimelineConfig, apply_overrides
+from tgdfer.data.faces import FaceCropper
 from tgdfer.data.sampling import centre_indices
 from tgdfer.errors import ConfigError
 from tgdfer.extract import extract
@@ -279,6 +280,29 @@ def test_window_probabilities_equal_predict_on_its_frames(tmp_path, trained):
         got = {c: float(rows[w][c]) for c in NAMES}
         assert got == pytest.approx(ref["probabilities"], abs=2e-6)
         assert rows[w]["top"] == ref["predicted"]
+
+
+def test_face_cropped_window_equals_predict_on_its_crops(tmp_path, trained, astronaut):
+    """With face crops: the row equals `tgdfer predict` on the followed face's crops of the window's frames."""
+    n = 25 * 5
+    video = write_video_pts(
+        tmp_path / "face.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / 25) for i in range(n))
+    )
+    cfg = _cfg(trained, tmp_path / "out", face_crop=True, save_features=True, detect_every=1)
+    result = tl.timeline([str(video)], cfg)[0]
+    rows, saved = _rows(result["csv"]), np.load(result["npz"])
+    box_of = dict(zip(saved["frames"].tolist(), saved["boxes"].tolist(), strict=True))
+    decoded, cropper = _decode_rgb(video), FaceCropper()
+    w = 2
+    assert rows[w]["status"] == "ok" and float(rows[w]["face_frac"]) == 1.0
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for k, i in enumerate(saved["window_frames"][w]):
+        crop = cropper.crop(decoded[i], tuple(box_of[int(i)]))
+        cv2.imwrite(str(folder / f"{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    ref = predict([str(folder)], PredictConfig(run=str(trained), device="cpu", face_crop=False, workers=0))[0]
+    assert {c: float(rows[w][c]) for c in NAMES} == pytest.approx(ref["probabilities"], abs=2e-6)
+    assert len({tuple(b) for b in saved["boxes"]}) > 10  # the box moved with the face, detected on every frame
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkeypatch):

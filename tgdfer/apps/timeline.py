@@ -25,7 +25,8 @@ probabilities, as if the window were one of its training clips:
 
 Outputs per video (``out``): ``<stem>.timeline.csv`` (rows), ``<stem>.timeline.json`` (header: run, classes,
 window, stride, fps, versions, the settings hash that ``resume`` checks, and the summary), ``<stem>.timeline.png``
-and with ``save_features`` ``<stem>.features.npz`` (per-frame features, frame numbers, timestamps).
+and with ``save_features`` ``<stem>.features.npz`` (per-frame features, frame numbers, face boxes,
+timestamps).
 """
 
 from __future__ import annotations
@@ -624,8 +625,8 @@ def _one_video(
         follower = follow_faces(cropper, cfg.face, cfg.detect_every)
     found = np.zeros(n_frames, dtype=bool)  # the follower had a face box on this sampled frame
     features: dict[int, torch.Tensor] = {}  # frame number -> (D,) fp16, while a window still needs it
-    saved: list[tuple[int, np.ndarray]] = []
-    pending: list[tuple[int, np.ndarray]] = []  # (frame number, (S, S, 3) uint8) waiting for the encoder
+    saved: list[tuple[int, np.ndarray, Box]] = []
+    pending: list[tuple[int, np.ndarray, Box]] = []  # (frame number, (S, S, 3) uint8, face box) for the encoder
     state = {"next": done}
     seconds = {"total": 0.0, "encoder": 0.0, "model": 0.0, "faces": 0.0, "encoded_frames": 0}
     progress = _Progress(stem, n_windows, done, stride_s, cfg.log_every, log)
@@ -635,16 +636,16 @@ def _one_video(
     def encode() -> None:
         if not pending:
             return
-        pixels = torch.from_numpy(np.stack([crop for _, crop in pending]))  # (B, S, S, 3) uint8
+        pixels = torch.from_numpy(np.stack([crop for _, crop, _ in pending]))  # (B, S, S, 3) uint8
         t0 = time.perf_counter()
         out = encode_frames(clip, pixels, batch_size=len(pending)).cpu()  # (B, D) fp16
         seconds["encoder"] += time.perf_counter() - t0
         seconds["encoded_frames"] += len(pending)
-        for (i, _), feature in zip(pending, out, strict=True):
+        for (i, _, box), feature in zip(pending, out, strict=True):
             if last_use[i] >= done:
                 features[i] = feature
             if cfg.save_features:
-                saved.append((i, feature.numpy()))
+                saved.append((i, feature.numpy(), box))
         pending.clear()
 
     def finish(upto: int) -> None:
@@ -704,7 +705,7 @@ def _one_video(
             found[index] = box is not None
             if box is not None and encode_needed[index]:
                 crop = cropper.crop(rgb, box) if follower is not None else rgb
-                pending.append((index, clip_view(crop, size)))  # the same preprocessing as stage 1
+                pending.append((index, clip_view(crop, size), box))  # the same preprocessing as stage 1
             if len(pending) >= cfg.batch_frames:
                 encode()
                 finish(index)
@@ -744,6 +745,7 @@ def _one_video(
                 if saved
                 else np.zeros((0, clip.dim), np.float16),  # (N, D) fp16, the encoder's raw output
                 frames=frames_saved,  # (N,) frame numbers (presentation order)
+                boxes=np.array([saved[k][2] for k in order], dtype=np.float64).reshape(-1, 4),  # (N, 4) x, y, w, h
                 timestamps_ms=stream.times[frames_saved] * 1000.0,  # (N,) from pts * time_base
                 all_timestamps_ms=stream.times * 1000.0,  # every decoded frame's time
                 window_frames=plan.frames,  # (W, T) frame numbers each window sampled
