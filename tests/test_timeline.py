@@ -310,7 +310,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
     video = write_video_pts(
         tmp_path / "talk.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / fps) for i in range(n))
     )
-    cfg = _cfg(trained, tmp_path / "full", face_crop=True, batch_frames=8)
+    cfg = _cfg(trained, tmp_path / "full", face_crop=True, batch_frames=8, batch_windows=1)
     full = _rows(tl.timeline([str(video)], cfg)[0]["csv"])
     assert len(full) == 9 and all(r["status"] == "ok" for r in full)
 
@@ -323,7 +323,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
             raise KeyboardInterrupt  # Ctrl-C in the middle of the video
         return real(*args, **kwargs)
 
-    part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8)
+    part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8, batch_windows=1)
     monkeypatch.setattr(tl, "predict_features", crash)
     with pytest.raises(KeyboardInterrupt):
         tl.timeline([str(video)], part)
@@ -383,7 +383,7 @@ def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     out = tmp_path / "out"
     argv = ["timeline", str(bad), str(good), "--run", str(trained), "--out", str(out), "--device", "cpu"]
     options = ["--no-face-crop", "--smooth", "mean", "--smooth-windows", "3", "--window", "16f", "--stride", "8f"]
-    status = main([*argv, *options, "--batch-frames", "8", "--set", "log_every=1e-9"])
+    status = main([*argv, *options, "--batch-frames", "8", "--set", "batch_windows=1", "--set", "log_every=1e-9"])
     captured = capsys.readouterr()
     assert status == 1  # one video failed; the other still has its timeline
     lines = captured.out.strip().splitlines()

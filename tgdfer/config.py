@@ -293,6 +293,8 @@ class TimelineConfig:
     smooth: Literal["none", "mean", "ema"] = "none"  # extra smoothed columns over windows; raw ones always stay
     smooth_windows: int = 5  # centred moving-average width, or EMA span (alpha = 2 / (span + 1)), in windows
     batch_frames: int = 64  # frames per encoder call: CPU throughput is flat beyond ~32, GPUs want more
+    batch_windows: int = 32  # windows per model call (25 ms a window at 64, 100 ms at 8 on 2 CPU threads); rows
+    #                          reach the CSV in groups of this many
     save_features: bool = False  # also write <stem>.features.npz: the per-frame features, frames, timestamps
     resume: bool = False  # append to an interrupted timeline instead of starting over (same settings only)
     plot: bool = True  # draw <stem>.timeline.png
@@ -309,6 +311,7 @@ class TimelineConfig:
                 "min_face": (lambda x: 0 <= x <= 1, "a share in [0, 1]"),
                 "smooth_windows": (_at_least(2), ">= 2 windows"),
                 "batch_frames": (_at_least(1), ">= 1 frames per batch"),
+                "batch_windows": (_at_least(1), ">= 1 windows per model call"),
                 "log_every": (_positive, "seconds > 0"),
             },
         )

@@ -648,14 +648,16 @@ def _one_video(
                 saved.append((i, feature.numpy(), box))
         pending.clear()
 
-    def finish(upto: int) -> None:
-        """Compute and write every window whose frames are all through (frame numbers <= upto)."""
-        ready = []
-        while state["next"] < n_windows and window_last[state["next"]] <= upto:
-            ready.append(state["next"])
-            state["next"] += 1
-        if not ready:
+    def finish(upto: int, final: bool = False) -> None:
+        """Compute and write the windows whose frames are all through (frame numbers <= upto), once there are
+        ``batch_windows`` of them (or at the end): a model call costs about as much for 1 window as for 8."""
+        ready, w = [], state["next"]
+        while w < n_windows and window_last[w] <= upto:
+            ready.append(w)
+            w += 1
+        if not ready or (len(ready) < cfg.batch_windows and not final):
             return
+        state["next"] = w
         stacks, statuses = [], {}
         for w in ready:
             idx = plan.frames[w]
@@ -710,7 +712,7 @@ def _one_video(
                 encode()
                 finish(index)
         encode()
-        finish(n_frames)
+        finish(n_frames, final=True)
     except BaseException:
         csv_file.close()
         progress.close()
