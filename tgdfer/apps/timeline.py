@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -176,8 +177,6 @@ class VideoStream:
         return (self._pts - self._pts[0]).astype(np.float64) * tb.numerator / tb.denominator
 
     def _scan_opencv(self) -> np.ndarray:
-        import cv2
-
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             raise ConfigError(f"expected a video OpenCV can open, found an unsupported or corrupt file: {self.path}")
@@ -218,8 +217,6 @@ class VideoStream:
                 yield index, _Frame(lambda f=frame: f.to_ndarray(format="rgb24"))
 
     def _frames_opencv(self) -> Iterator[tuple[int, _Frame]]:
-        import cv2
-
         capture = cv2.VideoCapture(str(self.path))
         try:
             index = 0
@@ -264,8 +261,11 @@ class FaceFollower:
     there, in the whole frame, taking the face nearest the last box. Between detections the box is kept.
     """
 
-    def __init__(self, cropper, choose: int = 0, every: int = 4, reach: float = 0.5, most: int = 4):
+    def __init__(
+        self, cropper, choose: int = 0, every: int = 4, reach: float = 0.5, most: int = 4, region_side: int = 240
+    ):
         self.cropper, self.choose, self.every, self.reach, self.most = cropper, choose, every, reach, most
+        self.region_side = region_side  # the search region shrinks to this longest side (the face ~half of it)
         self.box: Box | None = None
         self.last: Box | None = None  # the last box seen, kept while the face is lost
         self._since = every  # detect on the first frame
@@ -292,7 +292,13 @@ class FaceFollower:
         y1 = min(h, math.ceil((y + (1 + self.reach) * bh) * h))
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
-        found = self.cropper.detect(np.ascontiguousarray(frame[y0:y1, x0:x1]))
+        region = frame[y0:y1, x0:x1]
+        longest = max(region.shape[:2])
+        if longest > self.region_side:  # the face fills half the region: a smaller copy finds it as well, faster
+            scale = self.region_side / longest
+            size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        found = self.cropper.detect(np.ascontiguousarray(region))  # fractions of the region, at any scale
         if found is None:
             return None
         rw, rh = (x1 - x0) / w, (y1 - y0) / h
@@ -448,8 +454,6 @@ def _sha256(path: Path) -> str:
 
 
 def _versions(decoder: str) -> dict:
-    import cv2
-
     versions = {"tgdfer": __version__, "torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
     if decoder == "pyav":
         import av
