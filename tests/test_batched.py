@@ -169,9 +169,7 @@ def test_ablate_batches_runs_of_one_shape_and_no_batch_keeps_the_old_path(featur
         assert new_row["war"] == old_row["war"] and new_row["uar"] == old_row["uar"]
 
 
-def test_cli_batch_flag_batches_and_the_default_trains_one_by_one(
-    tmp_path, tiny_clip_path, tiny_clip, monkeypatch
-):
+def test_cli_batch_flag_batches_and_the_default_trains_one_by_one(tmp_path, tiny_clip_path, tiny_clip, monkeypatch):
     from tgdfer.apps.synthetic import write_feature_cache
     from tgdfer.cli import main
 

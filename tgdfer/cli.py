@@ -17,7 +17,15 @@ from typing import Annotated, Any
 import typer
 
 from tgdfer import __version__
-from tgdfer.config import ExtractConfig, LauncherConfig, PredictConfig, RunConfig, SweepConfig, apply_overrides
+from tgdfer.config import (
+    ExtractConfig,
+    LauncherConfig,
+    PredictConfig,
+    RunConfig,
+    SweepConfig,
+    TimelineConfig,
+    apply_overrides,
+)
 from tgdfer.errors import ConfigError, TgdferError
 
 app = typer.Typer(
@@ -346,6 +354,58 @@ def import_features(
 
     flags = {"folder": folder, "annotations": annotations, "clip": clip, "out": out, "frames": frames}
     run_import(_build(ImportConfig, {**flags, "shard_clips": shard_clips}))
+
+
+_WINDOW_HELP = (
+    "Window length, seconds (2, 2.5s) or frames (16f); default the run's clip length when its cache records one, "
+    "else 2 s: the model was trained on clips of a few seconds, and its T frames spread over the window"
+)
+
+
+@app.command()
+def timeline(
+    videos: Annotated[list[Path], typer.Argument(help="Video files (minutes to hours)")],
+    run: Annotated[Path, typer.Option(help="Run directory written by `tgdfer train`")],
+    out: Annotated[Path | None, typer.Option(help=f"Output folder ({_default(TimelineConfig, 'out')})")] = None,
+    window: Annotated[str | None, typer.Option(help=_WINDOW_HELP)] = None,
+    stride: Annotated[
+        str | None, typer.Option(help=f"Window start to next start, s or f ({_default(TimelineConfig, 'stride')})")
+    ] = None,
+    face_crop: Annotated[
+        bool | None, typer.Option(help="Crop the followed face; default: as the run's cache was made")
+    ] = None,
+    face: Annotated[int | None, typer.Option(help="Face to follow by size: 0 the largest (default 0)")] = None,
+    detect_every: Annotated[
+        int | None, typer.Option(help=f"Detect every k sampled frames ({_default(TimelineConfig, 'detect_every')})")
+    ] = None,
+    min_face: Annotated[
+        float | None, typer.Option(help=f"Face share a window needs ({_default(TimelineConfig, 'min_face')})")
+    ] = None,
+    smooth: Annotated[str | None, typer.Option(help="none | mean | ema: adds smoothed columns (default none)")] = None,
+    smooth_windows: Annotated[
+        int | None, typer.Option(help=f"Smoothing span in windows ({_default(TimelineConfig, 'smooth_windows')})")
+    ] = None,
+    save_features: Annotated[bool | None, typer.Option(help="Also write <stem>.features.npz")] = None,
+    resume: Annotated[bool | None, typer.Option(help="Continue interrupted timelines (same settings only)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the results as JSON instead of summaries")] = False,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
+    batch_frames: Annotated[
+        int | None, typer.Option(help=f"Frames per encoder call ({_default(TimelineConfig, 'batch_frames')})")
+    ] = None,
+    clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
+    set_: Sets = None,
+) -> None:
+    """An emotion timeline of long videos: one CSV row per window, a JSON header, a plot, a summary."""
+    flags = {k: v for k, v in locals().items() if k not in ("videos", "json_", "set_")}
+    import json
+
+    from tgdfer.apps.timeline import format_summary
+    from tgdfer.apps.timeline import timeline as run_timeline
+
+    results = run_timeline([str(v) for v in videos], _build(TimelineConfig, flags, set_))
+    print(json.dumps(results, indent=2) if json_ else "\n".join(format_summary(r) for r in results))
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)  # every readable video still has its timeline
 
 
 def main(argv: list[str] | None = None) -> int:

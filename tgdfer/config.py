@@ -363,6 +363,46 @@ class SweepConfig:
             )
 
 
+@dataclass(frozen=True)
+class TimelineConfig:
+    """``tgdfer timeline``: a trained run over long videos, one row per sliding window of a few seconds."""
+
+    run: str = "cache/runs/dfew-fold1"  # run directory written by `tgdfer train`
+    out: str = "timeline"  # folder for <stem>.timeline.csv / .json / .png of each video
+    window: str | None = None  # seconds ("2", "2.5s") or frames ("16f"); None: the run's clip length if its
+    #                            cache records one, else 2 s (the model was trained on clips of a few seconds)
+    stride: str = "1s"  # from one window's start to the next: one row per second, windows overlapping
+    face_crop: bool | None = None  # None: as the run's cache was made (its recorded face_crop); a flag overrides
+    face: int = 0  # which face to follow, by size at its first detection: 0 the largest, 1 the next, ...
+    detect_every: int = 4  # detect every k sampled frames and keep the box between (Haar costs 15-100 ms a frame)
+    min_face: float = 0.5  # share of a window's T frames that need a face, else its row is no_face
+    smooth: Literal["none", "mean", "ema"] = "none"  # extra smoothed columns over windows; raw ones always stay
+    smooth_windows: int = 5  # centred moving-average width, or EMA span (alpha = 2 / (span + 1)), in windows
+    batch_frames: int = 64  # frames per encoder call: CPU throughput is flat beyond ~32, GPUs want more
+    batch_windows: int = 32  # windows per model call (25 ms a window at 64, 100 ms at 8 on 2 CPU threads); rows
+    #                          reach the CSV in groups of this many
+    save_features: bool = False  # also write <stem>.features.npz: the per-frame features, frames, timestamps
+    resume: bool = False  # append to an interrupted timeline instead of starting over (same settings only)
+    plot: bool = True  # draw <stem>.timeline.png
+    log_every: float = 30.0  # seconds between progress lines when stderr is not a terminal (a bar when it is)
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    clip: str | None = None  # CLIP weights; default the run's own (checked by SHA-256)
+
+    def __post_init__(self) -> None:
+        _checked(
+            self,
+            {
+                "face": (_at_least(0), "0 (the largest face) or more"),
+                "detect_every": (_at_least(1), "a detection every >= 1 sampled frames"),
+                "min_face": (lambda x: 0 <= x <= 1, "a share in [0, 1]"),
+                "smooth_windows": (_at_least(2), ">= 2 windows"),
+                "batch_frames": (_at_least(1), ">= 1 frames per batch"),
+                "batch_windows": (_at_least(1), ">= 1 windows per model call"),
+                "log_every": (_positive, "seconds > 0"),
+            },
+        )
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

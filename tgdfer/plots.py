@@ -194,3 +194,67 @@ def influence_png(
     scale.set_ylabel("influence", fontsize=_SCALE_PT)
     fig.suptitle(title, fontsize=_TITLE_PT, y=1 - 6 / height, va="top", wrap=True)  # two lines fit the title row
     return _save(fig, path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)
+
+
+def timeline_png(
+    starts: np.ndarray,
+    ends: np.ndarray,
+    probs: np.ndarray,
+    ok: np.ndarray,
+    class_names: tuple[str, ...] | list[str],
+    path: str | Path,
+    smoothed: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """An emotion timeline: each class's probability over time, windows without a face shaded grey, and beneath
+    a strip coloured by each window's top class. starts, ends (W,) seconds; probs (W, C) (NaN where not ok);
+    ok (W,) bool; smoothed (W, C) drawn bold over the raw lines (then thin) when given. 12 x 4.5 inches."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    names = list(class_names)
+    starts, ends, ok = np.asarray(starts, float), np.asarray(ends, float), np.asarray(ok, bool)
+    centres = (starts + ends) / 2
+    step = float(np.median(np.diff(starts))) if len(starts) > 1 else float(ends[0] - starts[0])
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors[: len(names)]
+    minutes = ends[-1] > 300  # long videos read better in minutes
+    scale = 60.0 if minutes else 1.0
+    fig, (ax, strip) = plt.subplots(
+        2, 1, figsize=(12, 4.5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [6, 1], "hspace": 0.08}
+    )
+    for c, name in enumerate(names):
+        if smoothed is not None:
+            ax.plot(centres / scale, probs[:, c], color=colours[c], lw=0.6, alpha=0.35)
+            ax.plot(centres / scale, smoothed[:, c], color=colours[c], lw=1.8, label=name)
+        else:
+            ax.plot(centres / scale, probs[:, c], color=colours[c], lw=1.4, label=name)
+    # grey spans over consecutive windows without a face, one stride wide per window
+    w = 0
+    while w < len(ok):
+        if ok[w]:
+            w += 1
+            continue
+        first = w
+        while w < len(ok) and not ok[w]:
+            w += 1
+        lo, hi = centres[first] - step / 2, centres[w - 1] + step / 2
+        for axis in (ax, strip):
+            axis.axvspan(lo / scale, hi / scale, color="0.85", zorder=0, lw=0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.grid(alpha=0.3)
+    handles = [*ax.get_legend_handles_labels()[0], Patch(color="0.85", label="no face")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=9, frameon=False)
+    source = smoothed if smoothed is not None else probs
+    top = np.where(ok, np.nan_to_num(source, nan=-1.0).argmax(1), len(names)).astype(float)[None, :]  # (1, W)
+    cmap = ListedColormap([*colours, (0.85, 0.85, 0.85)])
+    extent = ((centres[0] - step / 2) / scale, (centres[-1] + step / 2) / scale, 0, 1)
+    strip.imshow(top, cmap=cmap, vmin=-0.5, vmax=len(names) + 0.5, aspect="auto", extent=extent, interpolation="none")
+    strip.set_yticks([0.5], ["top"])
+    strip.set_xlabel("time (min)" if minutes else "time (s)")
+    ax.set_xlim(starts[0] / scale, ends[-1] / scale)
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
+    fig.subplots_adjust(left=0.06, right=0.86, top=0.92, bottom=0.13)
+    return _save(fig, path, dpi=100)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -390,3 +392,55 @@ def write_frame_feature_cache(
     }
     write_frame_entry(path, annotations, files, attrs)
     return clip_feats
+
+
+def face_scene(
+    face: np.ndarray, n: int, width: int, height: int, present: np.ndarray | None = None, seed: int = 0
+) -> Iterator[np.ndarray]:
+    """n frames (height, width, 3) RGB uint8 of a square ``face`` picture drifting slowly over a fixed textured
+    background; frames where ``present`` (n,) bool is False show the background alone. Frames are made one at a
+    time, so hour-long scenes need no memory. The face side is the frame height (a portrait such as skimage's
+    astronaut, on which OpenCV's cascade works at that scale)."""
+    rng = np.random.default_rng(seed)
+    side = min(height, width)
+    photo = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    background = cv2.GaussianBlur(noise, (0, 0), 5)  # texture, so the cascade meets no flat frame
+    travel = width - side
+    for i in range(n):
+        frame = background.copy()
+        if present is None or present[i]:
+            x = round(travel * (0.5 + 0.5 * np.sin(i / 50.0)))  # back and forth, about 12 s a cycle at 25 fps
+            frame[:, x : x + side] = photo[:height, :]
+        yield frame
+
+
+def write_video_pts(
+    path: str | Path, frames: Iterable[np.ndarray], pts_ms: Iterable[int], codec: str = "mpeg4"
+) -> Path:
+    """A video whose frame i is shown at ``pts_ms[i]`` milliseconds (time base 1/1000): variable frame rate when
+    the gaps differ. Written with PyAV, which sets each frame's presentation time as given."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for frame, pts in zip(frames, pts_ms, strict=True):
+            if stream is None:
+                stream = container.add_stream(codec, rate=1000)
+                stream.width, stream.height = frame.shape[1], frame.shape[0]
+                stream.pix_fmt = "yuv420p"
+                stream.time_base = Fraction(1, 1000)
+                stream.codec_context.time_base = Fraction(1, 1000)
+                if codec == "libx264":
+                    stream.options = {"preset": "veryfast", "crf": "23"}
+                else:
+                    stream.bit_rate = 2_000_000
+            out = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            out.pts = int(pts)
+            out.time_base = Fraction(1, 1000)
+            container.mux(stream.encode(out))
+        if stream is not None:
+            container.mux(stream.encode(None))
+    return path

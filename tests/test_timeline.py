@@ -1,0 +1,413 @@
+"""The emotion timeline of long videos (``tgdfer.apps.timeline``): windows in seconds on real timestamps, one face
+followed, every sampled frame encoded once, rows that match time, resume, bounded memory.
+
+The run is trained for one epoch on features from the session's tiny random CLIP (as in test_predict.py), so its
+probabilities are meaningless: these tests check the mechanics. Faces are scikit-image's astronaut photograph,
+on which OpenCV's cascade works, drifting over a textured background (``synthetic.face_scene``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tgdfer.apps import timeline as tl
+from tgdfer.apps.predict import predict
+from tgdfer.apps.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
+from tgdfer.cli import main
+from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, TimelineConfig, apply_overrides
+from tgdfer.data.faces import FaceCropper
+from tgdfer.data.sampling import centre_indices
+from tgdfer.errors import ConfigError
+from tgdfer.extract import extract
+from tgdfer.train.engine import fit
+
+CLASSES = ("happiness", "sadness", "surprise")
+NAMES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")  # the CSV dataset's classes
+T = 8  # frames per view of the test run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clip_path) -> Path:
+    """A run trained for 1 epoch on an extracted CSV dataset of generated 64 x 64 clips (no face crop)."""
+    root = tmp_path_factory.mktemp("timeline-run")
+    csv_path = make_csv_dataset(root / "data", per_class=3, classes=CLASSES, frames=(10, 16), size=64, seed=3)
+    cache = root / "cache.h5"
+    extract(
+        ExtractConfig(
+            dataset="csv",
+            root=str(csv_path.parent),
+            out=str(cache),
+            clip=str(tiny_clip_path),
+            frames=T,
+            views=1,
+            workers=0,
+            batch_size=64,
+        )
+    )
+    run = root / "run"
+    fit(apply_overrides(RunConfig(features=str(cache), out=str(run), device="cpu"), ["train.epochs=1"]), log=print)
+    return run
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())  # (512, 512, 3) RGB uint8, one face
+
+
+def _cfg(run: Path, out: Path, **kw) -> TimelineConfig:
+    return TimelineConfig(run=str(run), out=str(out), device="cpu", **kw)
+
+
+def _rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _clip_video(path: Path, seconds: float, fps: int = 25, seed: int = 0) -> Path:
+    """A generated face clip (64 x 64) repeated to ``seconds``, constant frame rate."""
+    frames = make_clip("surprise", 40, 64, np.random.default_rng(seed))[0]
+    n = round(seconds * fps)
+    return write_video_pts(path, (frames[i % len(frames)] for i in range(n)), (round(i * 1000 / fps) for i in range(n)))
+
+
+def _decode_rgb(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+
+
+def test_spans_in_seconds_or_frames():
+    assert tl.parse_span("2", "window") == (2.0, "s")
+    assert tl.parse_span("2.5s", "window") == (2.5, "s")
+    assert tl.parse_span("16f", "stride") == (16.0, "f")
+    assert tl.span_seconds("16f", "window", fps=8.0) == 2.0
+    with pytest.raises(ConfigError) as err:
+        tl.parse_span("2m", "window")
+    assert str(err.value) == "--window: expected a length > 0 in seconds (2, 2.5s) or in frames (16f), found '2m'"
+    with pytest.raises(ConfigError, match="--stride: expected a length > 0"):
+        tl.parse_span("0", "stride")
+
+
+def test_windows_cover_the_whole_video():
+    rng = np.random.default_rng(0)
+    times = np.cumsum(np.r_[0.0, rng.uniform(0.02, 0.09, 400)])  # variable frame rate, ~22 s
+    duration = times[-1] + 0.04
+    plan = tl.plan_windows(times, duration, window=2.0, stride=0.5, frames=16)
+    w = len(plan.starts)
+    assert w == int(np.ceil((duration - 2.0) / 0.5)) + 1
+    assert np.array_equal(plan.starts, np.arange(w) * 0.5)  # time is continuous: one row per stride
+    assert plan.ends[-1] == duration and plan.ends[-2] < duration
+    assert np.all(plan.ends[:-1] == plan.starts[:-1] + 2.0)
+    assert np.all(plan.starts[1:] < plan.ends[:-1])  # no gap between consecutive windows
+    members = [np.flatnonzero((times >= s) & (times < e)) for s, e in zip(plan.starts, plan.ends, strict=True)]
+    members[-1] = np.flatnonzero(times >= plan.starts[-1])
+    assert set(np.concatenate(members)) == set(range(len(times)))  # every frame lies in some window
+    for wi, m in enumerate(members):
+        assert plan.counts[wi] == len(m)
+        assert np.array_equal(plan.frames[wi], m[centre_indices(len(m), 16)])  # stage 1's test view
+    with pytest.raises(ConfigError, match=r"--stride: expected at most the window \(2 s\)"):
+        tl.plan_windows(times, duration, window=2.0, stride=3.0, frames=16)
+    short = tl.plan_windows(times[:10], 0.5, window=2.0, stride=1.0, frames=16)  # shorter than a window
+    assert short.starts.tolist() == [0.0] and short.ends.tolist() == [0.5] and short.counts.tolist() == [10]
+
+
+def test_smoothing_values():
+    probs = np.array([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0], [1.0, 0.0]])
+    ok = np.array([True, True, False, True])
+    mean = tl.smooth(probs, ok, "mean", 3)  # centred, over the ok windows among the three
+    assert np.allclose(mean[0], [0.5, 0.5]) and np.allclose(mean[1], [0.5, 0.5]) and np.allclose(mean[3], [1, 0])
+    assert np.isnan(mean[2]).all()
+    ema = tl.smooth(probs, ok, "ema", 3)  # alpha 0.5, carried over the no-face window
+    assert np.allclose(ema[0], [1, 0]) and np.allclose(ema[1], [0.5, 0.5]) and np.allclose(ema[3], [0.75, 0.25])
+
+
+class SquareFaces:
+    """A stand-in for ``FaceCropper.detect`` that finds white squares: the largest, as (x, y, w, h) fractions.
+    The follower's logic (choice by size, search near the last box, re-acquisition) is then tested exactly."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def detect(self, image: np.ndarray):
+        self.calls += 1
+        white = (image.min(axis=2) == 255).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(white)
+        if n < 2:
+            return None
+        x, y, w, h, _ = stats[1 + int(stats[1:, 4].argmax())]
+        return x / image.shape[1], y / image.shape[0], w / image.shape[1], h / image.shape[0]
+
+
+def _squares(*boxes) -> np.ndarray:
+    frame = np.zeros((100, 200, 3), dtype=np.uint8)
+    for x, y, side in boxes:
+        frame[y : y + side, x : x + side] = 255
+    return frame
+
+
+def test_follower_takes_the_chosen_face_and_keeps_it():
+    """Two people: the largest by default, the other with choose=1; each followed as both move and cross sizes."""
+    # the small face (right) grows past the big one (left) over the frames: following must not jump to it
+    frames = [_squares((10 + k, 20, 40), (150 - k, 30, 20 + 3 * k)) for k in range(0, 10)]
+    for choose, left in ((0, True), (1, False)):
+        detector = SquareFaces()
+        follower = tl.FaceFollower(detector, choose=choose, every=2)
+        boxes = [follower.update(f, when=k / 10) for k, f in enumerate(frames)]
+        assert all(b is not None for b in boxes)
+        assert all((b[0] < 0.5) == left for b in boxes)
+        # detections on frames 0, 2, 4, 6, 8; frame 9 holds frame 8's box
+        assert boxes[-1] == pytest.approx((18 / 200, 0.2, 0.2, 0.4) if left else (142 / 200, 0.3, 44 / 200, 0.44))
+        which = "largest" if choose == 0 else "2nd largest"
+        assert follower.events == [f"0.00 s: following the {which} of 2 faces found, at " + tl._where(boxes[0])]
+        assert detector.calls == 3 + 4  # at the start: detect, hide that face, again, until none (3); then one
+        #                                 search near the box every second frame (4)
+
+
+def test_follower_loses_the_face_and_finds_it_again():
+    detector = SquareFaces()
+    follower = tl.FaceFollower(detector, every=1)
+    assert follower.update(_squares((20, 20, 30)), 0.0) == (0.1, 0.2, 0.15, 0.3)
+    assert follower.update(_squares(), 0.5) is None  # left the frame
+    assert follower.update(_squares((150, 50, 30), (30, 20, 20)), 1.0) == (0.15, 0.2, 0.1, 0.2)  # nearest, not largest
+    assert follower.events[1:] == [
+        "0.50 s: face lost",
+        "1.00 s: face found again at " + tl._where((0.15, 0.2, 0.1, 0.2)),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ whole timelines
+
+
+def test_variable_frame_rate_timestamps(tmp_path, trained, monkeypatch):
+    """Times come from each frame's pts (here irregular gaps of 20-120 ms), not frame number / fps."""
+    rng = np.random.default_rng(5)
+    gaps = rng.integers(20, 121, 149)
+    pts = np.cumsum(np.r_[0, gaps])  # ms
+    frames = make_clip("happiness", 150, 64, rng)[0]
+    video = write_video_pts(tmp_path / "vfr.mkv", frames, pts)
+    results = tl.timeline([str(video)], _cfg(trained, tmp_path / "out", face_crop=False, save_features=True))
+    assert results[0]["ok"], results[0]
+    saved = np.load(results[0]["npz"])
+    assert np.allclose(saved["all_timestamps_ms"], pts, atol=1e-6)  # every frame's own time
+    header = json.loads(Path(results[0]["json"]).read_text())
+    assert header["variable_frame_rate"] is True and header["timestamps"].startswith("pts * time_base")
+    duration = pts[-1] / 1000 + float(np.median(gaps)) / 1000
+    assert header["duration_s"] == pytest.approx(duration)
+    rows = _rows(results[0]["csv"])
+    assert len(rows) == header["windows"] == int(np.ceil(duration - 2.0)) + 1
+    t = pts / 1000.0
+    naive = np.arange(len(pts)) / header["fps"]  # what frame / fps would have said
+    moved = 0
+    for w, row in enumerate(rows):
+        chosen = saved["window_frames"][w]
+        start, end = float(row["start_s"]), float(row["end_s"])
+        assert np.all((t[chosen] >= start - 1e-6) & (t[chosen] < end + (w == len(rows) - 1)))
+        inside = np.flatnonzero((t >= start) & (t < end)) if w < len(rows) - 1 else np.flatnonzero(t >= start)
+        assert np.array_equal(chosen, inside[centre_indices(len(inside), T)])
+        moved += not np.array_equal(inside, np.flatnonzero((naive >= start) & (naive < end)))
+    assert moved >= 3  # on this video frame/fps would have put frames in the wrong windows
+    # without PyAV, OpenCV's CAP_PROP_POS_MSEC gives the same times (to its millisecond rounding)
+    monkeypatch.setitem(sys.modules, "av", None)
+    fallback = tl.VideoStream(video)
+    assert fallback.decoder == "opencv" and np.allclose(fallback.times * 1000, pts, atol=1.0)
+    assert [i for i, _ in fallback.frames()] == list(range(len(pts)))
+
+
+def test_face_leaving_gives_no_face_rows_and_continuous_time(tmp_path, trained, astronaut):
+    fps, seconds = 25, 12
+    n = fps * seconds
+    t = np.arange(n) / fps
+    present = (t < 4) | (t >= 8)  # the face leaves the frame from 4 s to 8 s
+    video = write_video_pts(
+        tmp_path / "leaves.mkv", face_scene(astronaut, n, 160, 120, present), (round(x * 1000) for x in t)
+    )
+    logs: list[str] = []
+    result = tl.timeline([str(video)], _cfg(trained, tmp_path / "out", face_crop=True), log=logs.append)[0]
+    assert result["ok"], result
+    rows = _rows(result["csv"])
+    assert [float(r["start_s"]) for r in rows] == [float(k) for k in range(11)]  # 12 s, 2 s windows every 1 s
+    assert [float(r["end_s"]) for r in rows] == [float(k + 2) for k in range(11)]
+    status = {int(float(r["start_s"])): r["status"] for r in rows}
+    for start in (0, 1, 2, 8, 9, 10):  # wholly inside the face's time
+        assert status[start] == "ok" and float(rows[start]["face_frac"]) == 1.0
+        assert sum(float(rows[start][c]) for c in NAMES) == pytest.approx(1.0, abs=1e-5)
+        assert rows[start]["top"] in NAMES and float(rows[start]["margin"]) >= 0
+    for start in (4, 5, 6):  # wholly inside the absence (the held box may cover a few frames after 4 s)
+        assert status[start] == "no_face" and float(rows[start]["face_frac"]) < 0.5
+        assert all(rows[start][c] == "" for c in ("top", "margin", *NAMES))
+    assert float(rows[5]["face_frac"]) == 0.0 and float(rows[6]["face_frac"]) == 0.0
+    assert any("face crop on as asked, although the run's cache was made without face crops" in s for s in logs)
+    assert any(s.endswith("face lost") for s in logs) and any("face found again" in s for s in logs)
+    assert result["summary"]["no_face"] == pytest.approx(sum(s != "ok" for s in status.values()) / 11)
+    assert Path(result["png"]).stat().st_size > 10_000
+
+
+def test_window_probabilities_equal_predict_on_its_frames(tmp_path, trained):
+    """A window's row equals `tgdfer predict` on the same T frames (written losslessly as a frame folder)."""
+    video = _clip_video(tmp_path / "clip.mkv", 6.0)
+    result = tl.timeline([str(video)], _cfg(trained, tmp_path / "out", face_crop=False, save_features=True))[0]
+    rows = _rows(result["csv"])
+    saved = np.load(result["npz"])
+    window_frames = saved["window_frames"]
+    distinct = np.unique(window_frames)
+    # every sampled frame encoded once: 5 windows of 8 frames, each after the first sharing 4 with the one before
+    assert window_frames.shape == (5, T) and np.array_equal(window_frames[1:, :4], window_frames[:-1, 4:])
+    assert result["seconds"]["encoded_frames"] == len(distinct) == len(saved["frames"]) == 8 + 4 * 4
+    assert np.array_equal(saved["frames"], distinct)
+    decoded = _decode_rgb(video)
+    for w in (0, 3):
+        folder = tmp_path / f"window{w}"
+        folder.mkdir()
+        for k, i in enumerate(window_frames[w]):
+            cv2.imwrite(str(folder / f"{k}.png"), cv2.cvtColor(decoded[i], cv2.COLOR_RGB2BGR))
+        ref = predict([str(folder)], PredictConfig(run=str(trained), device="cpu", face_crop=False, workers=0))[0]
+        assert ref["ok"] and ref["frame_indices"] == list(range(T))
+        got = {c: float(rows[w][c]) for c in NAMES}
+        assert got == pytest.approx(ref["probabilities"], abs=2e-6)
+        assert rows[w]["top"] == ref["predicted"]
+
+
+def test_face_cropped_window_equals_predict_on_its_crops(tmp_path, trained, astronaut):
+    """With face crops: the row equals `tgdfer predict` on the followed face's crops of the window's frames."""
+    n = 25 * 5
+    video = write_video_pts(
+        tmp_path / "face.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / 25) for i in range(n))
+    )
+    cfg = _cfg(trained, tmp_path / "out", face_crop=True, save_features=True, detect_every=1)
+    result = tl.timeline([str(video)], cfg)[0]
+    rows, saved = _rows(result["csv"]), np.load(result["npz"])
+    box_of = dict(zip(saved["frames"].tolist(), saved["boxes"].tolist(), strict=True))
+    decoded, cropper = _decode_rgb(video), FaceCropper()
+    w = 2
+    assert rows[w]["status"] == "ok" and float(rows[w]["face_frac"]) == 1.0
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for k, i in enumerate(saved["window_frames"][w]):
+        crop = cropper.crop(decoded[i], tuple(box_of[int(i)]))
+        cv2.imwrite(str(folder / f"{k}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    ref = predict([str(folder)], PredictConfig(run=str(trained), device="cpu", face_crop=False, workers=0))[0]
+    assert {c: float(rows[w][c]) for c in NAMES} == pytest.approx(ref["probabilities"], abs=2e-6)
+    assert len({tuple(b) for b in saved["boxes"]}) > 10  # the box moved with the face, detected on every frame
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkeypatch):
+    fps, n = 25, 25 * 10
+    video = write_video_pts(
+        tmp_path / "talk.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / fps) for i in range(n))
+    )
+    cfg = _cfg(trained, tmp_path / "full", face_crop=True, batch_frames=8, batch_windows=1)
+    full = _rows(tl.timeline([str(video)], cfg)[0]["csv"])
+    assert len(full) == 9 and all(r["status"] == "ok" for r in full)
+
+    calls = {"n": 0}
+    real = tl.predict_features
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the video
+        return real(*args, **kwargs)
+
+    part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8, batch_windows=1)
+    monkeypatch.setattr(tl, "predict_features", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tl.timeline([str(video)], part)
+    monkeypatch.setattr(tl, "predict_features", real)
+    csv_path = tmp_path / "part" / "talk.timeline.csv"
+    partial = _rows(csv_path)  # a valid CSV: the windows done so far, each row whole
+    assert 0 < len(partial) < len(full) and partial == full[: len(partial)]
+    assert json.loads((tmp_path / "part" / "talk.timeline.json").read_text())["status"] == "interrupted"
+    with open(csv_path, "a") as f:
+        f.write("4.000,6.000,5.0")  # a row cut short by a hard kill: dropped on resume
+
+    changed = tl.timeline([str(video)], _cfg(trained, tmp_path / "part", face_crop=True, stride="2s", resume=True))[0]
+    assert not changed["ok"]
+    assert changed["error"] == (
+        f"--resume: expected the settings of the interrupted run of {video}, found changes (stride_s 1.0 -> 2.0): "
+        "rerun without --resume to start over"
+    )
+    logs: list[str] = []
+    resumed = tl.timeline([str(video)], dataclass_replace(part, resume=True), log=logs.append)[0]
+    assert resumed["ok"] and f"talk: resuming after {len(partial)} of 9 windows" in logs
+    assert _rows(resumed["csv"]) == full
+    assert json.loads(Path(resumed["json"]).read_text())["status"] == "complete"
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_memory_stays_flat_on_a_long_video(tmp_path, trained):
+    """Peak Python memory (numpy included) while a 4-minute video runs is that of a 24 s one: frames stream, and
+    features are freed when their last window is done. Keeping the long video's frames would add 29 MB."""
+    from tgdfer.train.runs import load_run
+
+    run = load_run(trained, "cpu")
+    tl._image_encoder(run)
+    cfg = _cfg(trained, tmp_path / "out", face_crop=False, plot=False)
+    videos = {
+        name: _clip_video(tmp_path / f"{name}.mkv", seconds, fps=10) for name, seconds in (("short", 24), ("long", 240))
+    }
+    tl._one_video(str(videos["short"]), run, cfg, False, "warm-up", log=lambda s: None)  # first-call caches
+    peaks = {}
+    for name, video in videos.items():
+        tracemalloc.start()
+        result = tl._one_video(str(video), run, cfg, False, name, log=lambda s: None)
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert result["ok"] and result["windows"] == {"short": 23, "long": 239}[name]
+    assert peaks["long"] - peaks["short"] < 3_000_000, peaks
+
+
+def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
+    good = _clip_video(tmp_path / "good.mkv", 4.0)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "out"
+    argv = ["timeline", str(bad), str(good), "--run", str(trained), "--out", str(out), "--device", "cpu"]
+    options = ["--no-face-crop", "--smooth", "mean", "--smooth-windows", "3", "--window", "16f", "--stride", "8f"]
+    status = main([*argv, *options, "--batch-frames", "8", "--set", "batch_windows=1", "--set", "log_every=1e-9"])
+    captured = capsys.readouterr()
+    assert status == 1  # one video failed; the other still has its timeline
+    lines = captured.out.strip().splitlines()
+    assert lines[0].startswith(f"{bad}: failed: unreadable video (")
+    assert lines[1].startswith(f"{good}: 0:04.0, 12 windows of 0.64 s every 0.32 s; time by top emotion: ")
+    assert f"{bad}: skipped: unreadable video" in captured.err
+    progress = r"good: \d+/12 windows \(\d+%\), [\d.]+ windows/s, [\d.]+x real time, ETA \d+:\d\d"
+    assert re.search(progress, captured.err), captured.err  # periodic lines when stderr is not a terminal
+    rows = _rows(out / "good.timeline.csv")
+    assert list(rows[0]) == [*tl.FIXED_COLUMNS, *NAMES, *(f"{c}_mean3" for c in NAMES)]
+    raw = np.array([[float(r[c]) for c in NAMES] for r in rows])
+    smoothed = np.array([[float(r[f"{c}_mean3"]) for c in NAMES] for r in rows])
+    assert np.allclose(smoothed[0], raw[:2].mean(0), atol=2e-6) and np.allclose(smoothed[1], raw[:3].mean(0), atol=2e-6)
+    header = json.loads((out / "good.timeline.json").read_text())
+    assert header["classes"] == list(NAMES) and header["window"] == "16f" and header["window_s"] == 0.64
+    assert header["stride_s"] == 0.32 and header["fps"] == 25.0 and header["frames_per_window"] == T
+    assert header["versions"]["tgdfer"] and header["versions"]["av"] and len(header["settings_hash"]) == 16
+    assert (out / "good.timeline.png").is_file()
+    # again with --resume: the timeline is complete, so nothing is decoded; --json prints the results
+    before = (out / "good.timeline.csv").read_text()
+    again = ["timeline", str(good), *argv[3:], *options, "--resume", "--json"]
+    status = main(again)
+    captured = capsys.readouterr()
+    assert status == 0 and (out / "good.timeline.csv").read_text() == before
+    assert "good: resuming after 12 of 12 windows" in captured.err
+    result = json.loads(captured.out)[0]
+    assert result["ok"] and result["windows"] == 12 and result["summary"]["windows"] == 12
