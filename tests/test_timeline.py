@@ -31,7 +31,7 @@ from tgdfer.extract import extract
 from tgdfer.train.engine import fit
 
 CLASSES = ("happiness", "sadness", "surprise")
-NAMES = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")  # the CSV dataset's classes
+NAMES = CLASSES  # the run's classes: the CSV's own labels, sorted
 T = 8  # frames per view of the test run
 
 
