@@ -154,6 +154,19 @@ def _strings(values) -> np.ndarray:
     return np.array(list(values), dtype=object)
 
 
+def _write_records(f: h5py.File, entry: Path, clips, failed, shard_files: list[Path], headers, attrs: dict) -> None:
+    """What every entry layout holds alike: failures/*, shards/* (file, digest, rows, size) and the given attrs."""
+    f.create_dataset("failures/id", data=_strings(clips[r].id for r, _ in failed), dtype=_STR)
+    f.create_dataset("failures/path", data=_strings(clips[r].path for r, _ in failed), dtype=_STR)
+    f.create_dataset("failures/reason", data=_strings(reason for _, reason in failed), dtype=_STR)
+    files = _strings(p.relative_to(entry.parent).as_posix() for p in shard_files)
+    f.create_dataset("shards/file", data=files, dtype=_STR)
+    f.create_dataset("shards/digest", data=_strings(h["digest"] for h in headers), dtype=_STR)
+    f["shards/views"] = np.array([h["views"] for h in headers], dtype=np.int64)  # first-axis rows per shard
+    f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
+    f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
+
+
 def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: dict) -> dict:
     """Write the entry file over committed shards, atomically. Returns counts and the failed (id, path, reason).
 
@@ -197,18 +210,7 @@ def write_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: 
             f["clips/face_frames"] = np.concatenate([s.face_frames for s in shards]).astype(np.int32)
             f["clips/sampled_frames"] = np.concatenate([s.sampled_frames for s in shards]).astype(np.int32)
         f["clips/membership"] = annotations.membership[ok_rows].astype(np.int8)
-        f.create_dataset("failures/id", data=_strings(clips[r].id for r, _ in failed), dtype=_STR)
-        f.create_dataset("failures/path", data=_strings(clips[r].path for r, _ in failed), dtype=_STR)
-        f.create_dataset("failures/reason", data=_strings(reason for _, reason in failed), dtype=_STR)
-        f.create_dataset(
-            "shards/file",
-            data=_strings(p.relative_to(entry.parent).as_posix() for p in shard_files),
-            dtype=_STR,
-        )
-        f.create_dataset("shards/digest", data=_strings(h["digest"] for h in headers), dtype=_STR)
-        f["shards/views"] = np.array([h["views"] for h in headers], dtype=np.int64)
-        f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
-        f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
+        _write_records(f, entry, clips, failed, shard_files, headers, attrs)
         f.attrs.update(
             layout="views",  # tgdfer.features.frames writes "frames"
             format_version=FORMAT_VERSION,

@@ -43,6 +43,7 @@ from tgdfer.features.cache import (
     _shard_header_problem,
     _strings,
     _text,
+    _write_records,
     shard_header,
 )
 
@@ -207,18 +208,7 @@ def write_frame_entry(entry: str | Path, annotations, shard_files: list[Path], a
         f["clips/label"] = np.array([clips[r].label for r in ok_rows], dtype=np.int16)
         f["clips/num_frames"] = np.concatenate([s.num_frames for s in shards]).astype(np.int32)
         f["clips/membership"] = annotations.membership[ok_rows].astype(np.int8)
-        f.create_dataset("failures/id", data=_strings(clips[r].id for r, _ in failed), dtype=_STR)
-        f.create_dataset("failures/path", data=_strings(clips[r].path for r, _ in failed), dtype=_STR)
-        f.create_dataset("failures/reason", data=_strings(reason for _, reason in failed), dtype=_STR)
-        f.create_dataset(
-            "shards/file",
-            data=_strings(p.relative_to(entry.parent).as_posix() for p in shard_files),
-            dtype=_STR,
-        )
-        f.create_dataset("shards/digest", data=_strings(h["digest"] for h in headers), dtype=_STR)
-        f["shards/views"] = np.array([h["views"] for h in headers], dtype=np.int64)
-        f["shards/size"] = np.array([p.stat().st_size for p in shard_files], dtype=np.int64)
-        f.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in attrs.items()})
+        _write_records(f, entry, clips, failed, shard_files, headers, attrs)
         f.attrs.update(
             layout=LAYOUT,
             format_version=FORMAT_VERSION,
