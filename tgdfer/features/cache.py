@@ -466,6 +466,19 @@ def folds_of(path: str | Path, fold: str) -> list[str]:
     return [str(i + 1) for i in range(len(read_attrs(path)["split_names"]))]
 
 
+def _clip_fields(f: h5py.File) -> dict:
+    """What every entry layout holds of its clips, failures and attributes, as the loaded caches' fields."""
+    failures = (_text(f["failures/id"][()]), _text(f["failures/path"][()]), _text(f["failures/reason"][()]))
+    return {
+        "clip_paths": _text(f["clips/path"][()]),
+        "labels": f["clips/label"][()].astype(np.int64),
+        "num_frames": f["clips/num_frames"][()],
+        "membership": f["clips/membership"][()],
+        "failures": tuple(zip(*failures, strict=True)),
+        "attrs": {k: _attr(v) for k, v in f.attrs.items()},
+    }
+
+
 def load_cache(path: str | Path) -> FeatureCache:
     """Open an entry file, check its shards, and read everything into memory.
 
@@ -498,19 +511,7 @@ def load_cache(path: str | Path) -> FeatureCache:
             view_index=f["views/index"][()],
             view_frames=f["views/frames"][()],
             clip_ids=clip_ids,
-            clip_paths=_text(f["clips/path"][()]),
-            labels=f["clips/label"][()].astype(np.int64),
-            num_frames=f["clips/num_frames"][()],
-            membership=f["clips/membership"][()],
-            failures=tuple(
-                zip(
-                    _text(f["failures/id"][()]),
-                    _text(f["failures/path"][()]),
-                    _text(f["failures/reason"][()]),
-                    strict=True,
-                )
-            ),
-            attrs={k: _attr(v) for k, v in f.attrs.items()},
+            **_clip_fields(f),
             face_frames=f["clips/face_frames"][()] if "clips/face_frames" in f else None,
             sampled_frames=f["clips/sampled_frames"][()] if "clips/sampled_frames" in f else None,
         )

@@ -36,6 +36,7 @@ from tgdfer.features.cache import (
     FeatureCache,
     _attr,
     _check_shard_data,
+    _clip_fields,
     _entry_digest,
     _entry_shards,
     _h5_commit,
@@ -316,17 +317,5 @@ def load_frames(path: str | Path) -> FrameCache:
             timestamps_ms=f["frames/timestamp_ms"][()],
             pass_kind=f["passes/kind"][()],
             clip_ids=_text(f["clips/id"][()]),
-            clip_paths=_text(f["clips/path"][()]),
-            labels=f["clips/label"][()].astype(np.int64),
-            num_frames=f["clips/num_frames"][()],
-            membership=f["clips/membership"][()],
-            failures=tuple(
-                zip(
-                    _text(f["failures/id"][()]),
-                    _text(f["failures/path"][()]),
-                    _text(f["failures/reason"][()]),
-                    strict=True,
-                )
-            ),
-            attrs={k: _attr(v) for k, v in f.attrs.items()},
+            **_clip_fields(f),
         )
