@@ -203,11 +203,16 @@ def demo(
     per_class: Annotated[int, typer.Option(help="Generated clips per class")] = 10,
     epochs: Annotated[int, typer.Option(help="Training epochs (0: 30 with a tiny CLIP, 10 with real weights)")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    cue: Annotated[
+        float | None,
+        typer.Option(help="Opacity of the class-coloured pattern in expression frames (0: faces only; default 0.8)"),
+    ] = None,
 ) -> None:
     """Generate clips, extract, train, evaluate, predict and explain: the whole pipeline in minutes."""
     from tgdfer.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=str(out), clip=clip, per_class=per_class, epochs=epochs, device=device))
+    extra = {} if cue is None else {"cue": cue}
+    run_demo(DemoConfig(out=str(out), clip=clip, per_class=per_class, epochs=epochs, device=device, **extra))
 
 
 @app.command()

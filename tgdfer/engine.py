@@ -79,6 +79,8 @@ def train_one_epoch(
         with _autocast(device, cfg.amp):
             out = model(x)
         loss = F.cross_entropy(out.logits.float(), y)
+        for bag in out.aux:
+            loss = loss + F.cross_entropy(bag.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
