@@ -92,26 +92,24 @@ class ModelConfig:
     instances: str = "both"  # what instance scores are computed on: temporal (X^I of Eq. 5, the paper as
     #                          written) | frame (a per-frame map of X^v, which no temporal layer mixes) | both
     #                          (two streams, bag = their mean, influence from the frame stream). On X^I the
-    #                          coarse transformer spreads the class over every frame: WAR ~92 but the top frame
-    #                          hits the burst for 0.45 of clips; the frame stream localises (0.9), the temporal
-    #                          stream keeps WAR
+    #                          coarse transformer spreads the class over every frame: WAR 91.8 but the top frame
+    #                          hits the burst for 0.29 of clips; both: WAR 88.6, hit 0.91 (3 seeds)
     mil: str = "mean"  # temporal stream, T scores -> bag: attention (weights softmax_T cos(X^I, X^FP) /
     #                    attn_tau) | mean | topk | mixed (mean of mean and topk); it need not localise, and mean
-    #                    gave the best WAR of the soft ones (attention at attn_tau 1 is a mean in effect)
-    frame_mil: str = "mixed"  # frame stream's aggregation, same choices: plain topk starts from arbitrary frames
-    #                           and left whole classes ranking off-burst frames highest on 1 seed in 3; the mean
-    #                           half gives every frame a gradient from the first step
+    #                    is the plain reading (attention at attn_tau 1 is a mean in effect)
+    frame_mil: str = "mixed"  # frame stream's aggregation, same choices: with topk, whole classes learnt to
+    #                           rank off-burst frames highest (two streams: hit 0.76 +- 0.09); the mean half
+    #                           gives every frame a gradient from the first step
     frame_labels: str = "plain"  # what the frame stream scores against: plain MLP(X^FP) + X^CP | enhanced X~^P
-    #                              (Eq. 10); V^P carries the clip's class from X^I, and with it the labels
-    #                              learnt to make off-burst frames of a class score highest (hit 0.74-0.97)
+    #                              (Eq. 10); V^P carries the clip's class from X^I into the labels (enhanced:
+    #                              highest-1 WAR 50.9 vs 67.7)
     aux_loss: bool = True  # with two streams, the frame stream's bag is also trained on the label by itself,
-    #                        so it keeps learning once the mean bag is right (topk streams: hit 0.76-0.97
-    #                        without, 0.82-0.96 with)
+    #                        so it keeps learning once the mean bag is right (without: hit 0.84 +- 0.09)
     frame_centre: float = 0.0  # frame stream input x_t - a * mean_t(x): removes the clip's identity but leaves
-    #                            an anti-class echo on every frame that topk latched onto (hit 0.35-0.85); 0 off
+    #                            an anti-class echo on every frame that the bag latched onto (a=1: hit 0.49)
     attn_tau: float = 1.0  # softmax_T temperature of mil=attention weights; at tau=0.01 they start one-hot on
-    #                        random frames and training collapsed (WAR 61 on the benchmark)
-    learn_attn_tau: bool = False  # train attn_tau (log-parametrised); measured: no better localisation
+    #                        random frames and training collapsed (WAR 77.7 +- 14.8 on bench/learning.py)
+    learn_attn_tau: bool = False  # train attn_tau (log-parametrised); measured: hit 0.33, no better
     topk: int = 4  # frames averaged by topk / mixed; about the 2-5 decisive frames a 16-frame clip holds
 
 

@@ -79,7 +79,7 @@ def train_one_epoch(
         with _autocast(device, cfg.amp):
             out = model(x)
         loss = F.cross_entropy(out.logits.float(), y)
-        for bag in out.aux:
+        for bag in out.aux:  # a stream's own bag, trained on the label too (ModelConfig.aux_loss)
             loss = loss + F.cross_entropy(bag.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,7 +110,9 @@ def predict_views(
     """Run the model on (N, T, D) features -> {"probs": (N, C), "scores": (N, T, C), "mask": (N, T) bool}.
 
     ``select=("highest"|"lowest", k)`` re-predicts from only the k frames with the highest or lowest influence
-    on the full-clip prediction (Table 6); ``mask`` says which frames were used.
+    on the full-clip prediction (Table 6); ``mask`` says which frames were used. The other frames reach no module
+    of the re-prediction (``TGDFER.forward`` masks them as attention keys and in every pooling), so it is the
+    prediction from those k frames alone.
     """
     model.eval()
     device = features.device
