@@ -200,8 +200,10 @@ def demo(
     clip: Annotated[
         str, typer.Option(help="auto (real ViT-B/32 if available, else tiny random), a name or a path")
     ] = "auto",
-    per_class: Annotated[int, typer.Option(help="Generated clips per class")] = 10,
-    epochs: Annotated[int, typer.Option(help="Training epochs (0: 30 with a tiny CLIP, 10 with real weights)")] = 0,
+    per_class: Annotated[
+        int, typer.Option(help="Generated clips per class (0: 30 with a tiny CLIP, 10 with real weights)")
+    ] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs (0: 60 with a tiny CLIP, 10 with real weights)")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     cue: Annotated[
         float | None,

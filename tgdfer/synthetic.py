@@ -124,7 +124,7 @@ def random_look(rng: np.random.Generator, size: int) -> dict:
 # frame). Drawn expressions move about 1% of a tiny random CLIP's feature variance (issue 11), so ``cue`` paints
 # one of these large high-contrast patterns over the face, in proportion to the expression's intensity.
 CUES: dict[str, tuple[tuple[int, int, int], float, float]] = {
-    "happiness": ((255, 220, 0), 0.0, 0.14),
+    "happiness": ((250, 250, 60), 0.0, 0.22),
     "sadness": ((20, 60, 255), 90.0, 0.14),
     "neutral": ((235, 235, 235), 45.0, 0.25),
     "anger": ((255, 20, 20), 135.0, 0.1),
