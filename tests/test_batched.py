@@ -41,7 +41,13 @@ def _models(clip, seeds, **model):
 
 @pytest.mark.parametrize(
     "model",
-    [{}, {"coarse_learnable": False, "visual_prompt": "prepend", "mil": "topk", "fine_depth": 2, "stride": 2}],
+    [
+        {},
+        {"coarse_learnable": False, "visual_prompt": "prepend", "mil": "topk", "fine_depth": 2, "stride": 2},
+        {"instances": "temporal", "mil": "attention"},
+        {"instances": "frame", "frame_labels": "enhanced", "frame_mil": "attention", "learn_attn_tau": True},
+        {"frame_centre": 0.5, "aux_loss": False, "visual_prompt": "prepend"},
+    ],
 )
 def test_batched_forward_draws_each_runs_dropout_and_equals_the_model(tiny_clip, model):
     models = _models(tiny_clip, [3, 4], **model)
@@ -56,14 +62,16 @@ def test_batched_forward_draws_each_runs_dropout_and_equals_the_model(tiny_clip,
     y = torch.randint(0, 7, (2, 6))
     valid = [6, 4]  # run 1's last batch is short: padded rows are computed but never drawn for or reached
     gens = [torch.Generator().manual_seed(10 + r) for r in range(2)]
-    logits = batched_forward(models[0], params, torch.stack(mean.unbind()), x, _Dropout(0.1, gens, valid, 6))
-    sum(F.cross_entropy(logits[r, : valid[r]], y[r, : valid[r]]) for r in range(2)).backward()
+    logits, aux = batched_forward(models[0], params, torch.stack(mean.unbind()), x, _Dropout(0.1, gens, valid, 6))
+    bags = [logits] if aux is None else [logits, aux]
+    sum(F.cross_entropy(b[r, : valid[r]], y[r, : valid[r]]) for r in range(2) for b in bags).backward()
     for r, m in enumerate(models):
         torch.manual_seed(10 + r)
-        alone = m(x[r, : valid[r]]).logits
-        assert torch.allclose(logits[r, : valid[r]], alone, rtol=0, atol=1e-4)  # measured: bit-equal
+        out = m(x[r, : valid[r]])
+        assert torch.allclose(logits[r, : valid[r]], out.logits, rtol=0, atol=1e-4)  # measured: bit-equal
+        assert len(out.aux) == (aux is not None)
         assert torch.equal(torch.get_rng_state(), gens[r].get_state())  # the same draws, in the same amounts
-        F.cross_entropy(alone, y[r, : valid[r]]).backward()
+        sum(F.cross_entropy(b, y[r, : valid[r]]) for b in (out.logits, *out.aux)).backward()
         for name, p in m.named_parameters():
             if name in params:
                 scale = p.grad.abs().max().clamp(min=1e-12)

@@ -117,3 +117,32 @@ def test_demo_runs_with_a_tiny_clip(tmp_path, tiny_clip_path, capsys):
     out = capsys.readouterr().out
     assert "demo done" in out and (tmp_path / "demo" / "explain.png").exists()
     assert (tmp_path / "demo" / "run" / "confusion.png").exists()
+
+
+def test_demo_clips_keep_their_class_through_a_tiny_random_clip(tiny_clip):
+    """The demo's class cue survives random weights: on the apex frames of 8 generated clips per class, the
+    class explains a large share of the tiny random CLIP's feature variance.
+
+    Measured share over 6 seeds of this setting: with the demo's cue 0.8, 0.43 / 0.53 / 0.61 (min / mean / max);
+    drawn faces alone (cue 0), 0.07 / 0.11 / 0.15, what 7 random groups of 8 give (6/55 = 0.11). Bar: 0.25.
+    """
+    import numpy as np
+    import torch
+
+    from tgdfer.apps.demo import DemoConfig
+    from tgdfer.apps.synthetic import make_clip
+    from tgdfer.data.preprocess import clip_view, normalize
+    from tgdfer.labels import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    frames, labels = [], []
+    for k, name in enumerate(CLASS_NAMES["dfew"]):
+        for _ in range(8):
+            clip_frames, curve = make_clip(name, 12, 112, rng, DemoConfig.cue)
+            frames.append(clip_view(clip_frames[int(curve.argmax())], tiny_clip.image_size))
+            labels.append(k)
+    z = tiny_clip.encode_images(normalize(torch.from_numpy(np.stack(frames)), torch.float32)).float().numpy()
+    y = np.array(labels)
+    mu = z.mean(0)
+    between = sum((y == k).sum() * ((z[y == k].mean(0) - mu) ** 2).sum() for k in range(7))
+    assert between / ((z - mu) ** 2).sum() > 0.25

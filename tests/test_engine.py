@@ -22,34 +22,42 @@ def _cfg(cache, out, *overrides):
     return apply_overrides(RunConfig(features=str(cache), out=str(out), device="cpu"), list(overrides))
 
 
-def test_learns_the_signal_frames_of_weakly_labelled_clips(tmp_path, tiny_clip_path, tiny_clip):
-    """Class signal in 3 of 16 frames, the rest noise shared by all classes: clip labels only."""
-    path = tmp_path / "c.h5"
-    mask = write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=400, views=4, seed=1)
-    captured = {}
+def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, tiny_clip_path, tiny_clip):
+    """CLIP-like features (one shared direction, a per-clip identity, per-frame noise) whose class shows only in
+    one burst of 2-5 consecutive frames of 16, some clips with a weaker burst of another class; 7 balanced
+    classes; clip labels only. The default model must classify the clips, rank a burst frame highest for the
+    true class, and re-predict better from that 1 frame than from the 1 frame it ranks lowest (Table 6).
 
-    def keep(epoch, row):
-        captured["row"] = row
-
-    metrics = fit(
-        _cfg(path, tmp_path / "run", "train.epochs=10", "train.batch_size=16"),
-        on_epoch_end=keep,
-        log=lambda s: None,
-    )
-    chance = 100 / 7
-    assert metrics["war"] > 4 * chance and metrics["uar"] > 4 * chance, metrics
-
-    # Influence: the frame scoring highest for the true class should be a signal frame (chance 3/16).
+    Measured spread (8 seeds x 1 and 2 torch threads, 16 runs, this exact setting, torch 2.14 CPU):
+    WAR 62.5 / 74.1 / 85.6 (min / mean / max), UAR 62.1 / 74.0 / 85.9, hit rate 0.856 / 0.918 / 0.963,
+    highest-1 WAR 76.9 / 84.2 / 86.9, lowest-1 WAR 7.5 / 12.3 / 15.6, highest-1 minus lowest-1 69.4 / 72.0 /
+    74.4; the two thread counts
+    differed in one seed only (WAR 81.2 vs 80.0). Chance: WAR 14.3, hit rate about 0.22 (the burst's share of
+    frames). The bars sit far below every run: WAR 35, hit rate 0.5, highest-1 minus lowest-1 30.
+    """
+    from tgdfer.apps.synthetic import write_burst_cache
+    from tgdfer.train.engine import evaluate
     from tgdfer.train.runs import load_run
+
+    path = tmp_path / "bursts.h5"
+    info = write_burst_cache(
+        path, str(tiny_clip_path), tiny_clip.sha256, n_clips=800, shares=None, views=2, signal=1.5, seed=1
+    )
+    overrides = ("train.epochs=15", "train.seed=1", "train.eval_every=0", "optim.milestones=9,12")
+    metrics = fit(_cfg(path, tmp_path / "run", *overrides), log=lambda s: None)
+    assert metrics["war"] > 35 and metrics["uar"] > 35, metrics
 
     data = fold_data(load_cache(path), "1", torch.device("cpu"))
     run = load_run(tmp_path / "run", device="cpu")
-    assert run.epoch == 10 and run.class_names == data.class_names
+    assert run.epoch == 15 and run.class_names == data.class_names
     out = predict_views(run.model, data.features[data.test_views], amp=False)
     y = data.test_labels.numpy()
-    top = out["scores"].numpy()[np.arange(len(y)), :, y].argmax(1)
-    hit_rate = mask[data.test_views.numpy(), top].mean()
-    assert hit_rate > 3 * (3 / 16), hit_rate
+    top = out["scores"].numpy()[np.arange(len(y)), :, y].argmax(1)  # frame of highest influence, true class
+    hit_rate = info["burst"][data.test_views.numpy(), top].mean()
+    assert hit_rate > 0.5, hit_rate
+    highest = evaluate(run.model, data, amp=False, select=("highest", 1)).war
+    lowest = evaluate(run.model, data, amp=False, select=("lowest", 1)).war
+    assert highest - lowest > 30, (highest, lowest)
 
 
 def test_same_seed_same_metrics(feature_cache, tmp_path):

@@ -15,7 +15,10 @@ SCORES = torch.tensor([[[1.0], [3.0]]])  # (B=1, T=2, C=1)
 LOGITS = torch.tensor([[[0.0], [math.log(3.0)]]])
 
 
-@pytest.mark.parametrize(("mode", "topk", "expected"), [("attention", 1, 2.5), ("mean", 1, 2.0), ("topk", 1, 3.0)])
+@pytest.mark.parametrize(
+    ("mode", "topk", "expected"),
+    [("attention", 1, 2.5), ("mean", 1, 2.0), ("topk", 1, 3.0), ("mixed", 1, 2.5)],
+)
 def test_each_reading_on_hand_computed_values(mode, topk, expected):
     assert aggregate(SCORES, LOGITS, mode, topk).item() == pytest.approx(expected, abs=1e-6)
 
@@ -26,14 +29,14 @@ def test_topk_averages_the_k_highest_frames():
     assert aggregate(scores, torch.zeros_like(scores), "topk", 9).item() == pytest.approx(7.0 / 4)  # k capped at T
 
 
-@pytest.mark.parametrize("mode", ["attention", "mean", "topk"])
+@pytest.mark.parametrize("mode", ["attention", "mean", "topk", "mixed"])
 def test_a_mask_leaves_only_the_chosen_frames(mode):
     mask = torch.tensor([[True, False]])  # frame 0 only: its score 1, whatever frame 1 holds
     assert aggregate(SCORES, LOGITS, mode, 2, mask).item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_an_unknown_reading_is_refused():
-    with pytest.raises(ConfigError, match=r"model\.mil: expected one of attention, mean, topk, found 'max'"):
+    with pytest.raises(ConfigError, match=r"model\.mil: expected one of attention, mean, topk, mixed, found 'max'"):
         aggregate(SCORES, LOGITS, "max", 1)
 
 

@@ -310,16 +310,23 @@ def demo(
     clip: Annotated[
         str | None, typer.Option(help="auto (real ViT-B/32 if available, else tiny random), a name or a path")
     ] = None,
-    per_class: Annotated[int | None, typer.Option(help="Generated clips per class (default 10)")] = None,
+    per_class: Annotated[
+        int | None, typer.Option(help="Generated clips per class (0: 30 with a tiny CLIP, 10 with real weights)")
+    ] = None,
     epochs: Annotated[
-        int | None, typer.Option(help="Training epochs (0: 30 with a tiny CLIP, 10 with real weights)")
+        int | None, typer.Option(help="Training epochs (0: 60 with a tiny CLIP, 10 with real weights)")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default auto)")] = None,
+    cue: Annotated[
+        float | None,
+        typer.Option(help="Opacity of the class-coloured pattern in expression frames (0: faces only; default 0.8)"),
+    ] = None,
 ) -> None:
     """Generate clips, extract, train, evaluate, predict and explain: the whole pipeline in minutes."""
     from tgdfer.apps.demo import DemoConfig, run_demo
 
-    run_demo(_build(DemoConfig, {"out": out, "clip": clip, "per_class": per_class, "epochs": epochs, "device": device}))
+    given = {"out": out, "clip": clip, "per_class": per_class, "epochs": epochs, "device": device, "cue": cue}
+    run_demo(_build(DemoConfig, given))
 
 
 @app.command()

@@ -12,8 +12,9 @@ Batching: DataLoader workers decode and crop clips in parallel; ``batch_clips`` 
 image encoder as one (batch_clips * T, 3, S, S) batch and through the model as one (batch_clips, T, D) call.
 An input that cannot be read gives ``ok=False`` with the reason and the others still run.
 
-Influence is the model's instance score of each frame for a class (``Output.scores``, (B, T, C)); the paper
-shows it min-max normalised per clip (Eq. 12), for display only.
+Influence is the model's instance score of each frame for a class (``Output.scores``, (B, T, C): the frame
+stream's by default, see ``ModelConfig.instances``); the paper shows it min-max normalised per clip (Eq. 12),
+for display only.
 """
 
 from __future__ import annotations

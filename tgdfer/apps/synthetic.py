@@ -9,8 +9,9 @@ tell them apart; pose, size, lighting and background vary per clip.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -121,17 +122,67 @@ def random_look(rng: np.random.Generator, size: int) -> dict:
     }
 
 
-def make_clip(label: str, n: int, size: int, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
-    """(frames as RGB uint8, (n,) intensity) of one generated clip of class ``label``."""
+# Class cues for random-weight encoders: (RGB colour, stripe angle in degrees, stripe period as a share of the
+# frame). Drawn expressions move about 1% of a tiny random CLIP's feature variance (issue 11), so ``cue`` paints
+# one of these large high-contrast patterns over the face, in proportion to the expression's intensity.
+CUES: dict[str, tuple[tuple[int, int, int], float, float]] = {
+    "happiness": ((250, 250, 60), 0.0, 0.22),
+    "sadness": ((20, 60, 255), 90.0, 0.14),
+    "neutral": ((235, 235, 235), 45.0, 0.25),
+    "anger": ((255, 20, 20), 135.0, 0.1),
+    "surprise": ((0, 230, 230), 0.0, 0.3),
+    "disgust": ((20, 200, 40), 90.0, 0.3),
+    "fear": ((190, 40, 255), 45.0, 0.1),
+}
+
+
+def cue_pattern(label: str, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 stripes in the class's colour on black (other label sets: drawn from the name)."""
+    if canonical(label) in CUES:
+        colour, angle, period = CUES[canonical(label)]
+    else:
+        r = np.random.default_rng(sum(map(ord, label)))
+        colour, angle, period = (
+            tuple(int(v) for v in r.integers(0, 256, 3)),
+            float(r.uniform(0, 180)),
+            0.1 + 0.2 * r.random(),
+        )
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    phase = xx * math.cos(math.radians(angle)) + yy * math.sin(math.radians(angle))
+    on = (phase / period) % 1.0 < 0.5  # (size, size)
+    return (on[:, :, None] * np.array(colour, np.float32)).astype(np.uint8)
+
+
+def make_clip(
+    label: str, n: int, size: int, rng: np.random.Generator, cue: float = 0.0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """(frames as RGB uint8, (n,) intensity) of one generated clip of class ``label``.
+
+    ``cue`` in [0, 1]: how opaque the class's stripe pattern is over the face at full intensity (0: none)."""
     look = random_look(rng, size)
     curve = intensity_curve(n, rng)
     expr = EXPRESSIONS.get(canonical(label), Expression(smile=math.sin(sum(map(ord, label)))))  # "sad" = sadness
     jitter = rng.normal(0, 0.8, (n, 2)).cumsum(0).clip(-6, 6)
+    pattern = cue_pattern(label, size).astype(np.float32) if cue > 0 else None
     frames = []
     for i in range(n):
         frame_look = {**look, "dx": look["dx"] + jitter[i, 0], "dy": look["dy"] + jitter[i, 1]}
-        frames.append(draw_face(expr, float(curve[i]), size, frame_look))
+        frame = draw_face(expr, float(curve[i]), size, frame_look)
+        if pattern is not None and curve[i] > 0:
+            alpha = cue * float(curve[i]) * _face_mask(size, frame_look)  # (size, size, 1)
+            frame = (frame * (1 - alpha) + pattern * alpha).round().astype(np.uint8)
+        frames.append(frame)
     return frames, curve
+
+
+def _face_mask(size: int, look: dict) -> np.ndarray:
+    """(size, size, 1) float32: 1 inside the drawn face ellipse, 0 outside."""
+    s = size / 224.0
+    k = look["scale"] * s
+    mask = np.zeros((size, size), np.uint8)
+    centre = (round(size / 2 + look["dx"] * s), round(size / 2 + look["dy"] * s))
+    cv2.ellipse(mask, centre, (int(70 * k), int(92 * k)), 0, 0, 360, 1, -1)
+    return mask[:, :, None].astype(np.float32)
 
 
 def write_frame_folder(folder: str | Path, frames: list[np.ndarray], quality: int = 90) -> Path:
@@ -198,16 +249,17 @@ def make_csv_dataset(
     videos: bool = False,
     seed: int = 0,
     split_column: bool = True,
+    cue: float = 0.0,
 ) -> Path:
     """A users'-own-data tree: clips (frame folders, or .mp4 with ``videos``) and ``annotations.csv``
     with columns path,label,split (path,label without ``split_column``: extract then splits it). Labels are
-    written as given in ``classes``. Returns the CSV path."""
+    written as given in ``classes``. ``cue`` as in ``make_clip``. Returns the CSV path."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     rows = []
     for c, name in enumerate(classes):
         for i in range(per_class):
-            clip_frames, _ = make_clip(name, int(rng.integers(frames[0], frames[1] + 1)), size, rng)
+            clip_frames, _ = make_clip(name, int(rng.integers(frames[0], frames[1] + 1)), size, rng, cue)
             rel = f"clips/{name}_{i:03d}" + (".mp4" if videos else "")
             if videos:
                 write_video(root / rel, clip_frames)
@@ -247,11 +299,6 @@ def write_feature_cache(
         every class. Clip k is in the test set of fold k % folds. ``dataset`` is the name the cache records (``ablate``
     shows the paper's figures only beside a "dfew" cache). Returns the (V, T) bool mask of signal frames.
     """
-    from tgdfer.data.datasets import Annotations, ClipRecord
-    from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
-
-    path = Path(path)
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(0, 1, (len(classes), dim))
     prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True) / math.sqrt(dim)  # per-coordinate scale ~1
@@ -277,12 +324,142 @@ def write_feature_cache(
                 feats[i, v, mask[c, v]] += signal * prototypes[labels[c]]
         return feats.reshape(-1, frames, dim).astype(np.float16)
 
+    settings = {"generated": True, "seed": seed, "signal_frames": signal_frames}
+    _write_generated(
+        path,
+        shard_features,
+        labels,
+        classes,
+        views,
+        frames,
+        clip_model,
+        clip_sha256,
+        folds,
+        shard_clips,
+        f"generated-{seed}",
+        settings,
+        dataset,
+    )
+    return mask.reshape(-1, frames)
+
+
+# DFEW's class shares (happiness, sadness, neutral, anger, surprise, disgust, fear): disgust 1.2%, fear 8.1%
+DFEW_SHARES = (0.205, 0.174, 0.242, 0.174, 0.116, 0.012, 0.077)
+
+
+def write_burst_cache(
+    path: str | Path,
+    clip_model: str,
+    clip_sha256: str,
+    n_clips: int = 2000,
+    classes: tuple[str, ...] = CLASS_NAMES["dfew"],
+    shares: tuple[float, ...] | None = DFEW_SHARES,
+    frames: int = 16,
+    dim: int = 32,
+    views: int = 4,
+    burst: tuple[int, int] = (2, 5),
+    shared: float = 4.5,
+    identity: float = 1.5,
+    noise: float = 1.2,
+    signal: float = 1.0,
+    distractors: float = 0.3,
+    distractor_signal: float = 0.6,
+    folds: int = 5,
+    shard_clips: int = 4096,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A sparse-signal cache with CLIP-like statistics, written through the real writer (bench/learning.py).
+
+    Every frame of clip c, view v is ``shared * u + identity_c + noise_cvt`` (norms: ``shared``, ``identity``,
+    ``noise``; u one direction for all clips, so clips' mean pairwise cosine is about 0.9 as with CLIP faces).
+    The class shows only in one burst of ``burst`` (2-5) consecutive frames of T, adding ``signal`` times a unit
+    class direction (per-clip strength 0.7-1.3); a ``distractors`` share of clips also holds a shorter burst
+    (1-2 frames) of another class at ``distractor_signal``, elsewhere in the clip. Train views redraw the noise
+    and shift both bursts by up to one frame. Classes are drawn with ``shares`` (DFEW's by default; None:
+    uniform). Clip k is in the test set of fold k % folds.
+
+    Returns {"burst": (V, T) bool true-class frames, "distractor": (V, T) bool, "labels": (C,) int64}.
+    """
+    rng = np.random.default_rng(seed)
+    n_cls = len(classes)
+    unit = rng.normal(0, 1, (n_cls + 1, dim))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)  # (C+1, D): u, then one direction per class
+    p = None if shares is None else np.asarray(shares[:n_cls], np.float64) / sum(shares[:n_cls])
+    labels = rng.choice(n_cls, size=n_clips, p=p)
+    per_clip = 1 + views
+    ident = rng.normal(0, identity / math.sqrt(dim), (n_clips, 1, 1, dim))
+    feats = shared * unit[0] + ident + rng.normal(0, noise / math.sqrt(dim), (n_clips, per_clip, frames, dim))
+    true = np.zeros((n_clips, per_clip, frames), dtype=bool)
+    decoy = np.zeros((n_clips, per_clip, frames), dtype=bool)
+    for c in range(n_clips):
+        length = int(rng.integers(burst[0], burst[1] + 1))
+        start = int(rng.integers(0, frames - length + 1))
+        strength = signal * rng.uniform(0.7, 1.3)
+        other = None
+        if rng.random() < distractors:  # a shorter, weaker burst of another class, not touching the true one
+            d_len = int(rng.integers(1, 3))
+            free = [s for s in range(frames - d_len + 1) if s + d_len < start - 1 or s > start + length]
+            if free:
+                other = (int(rng.choice(free)), d_len, int((labels[c] + rng.integers(1, n_cls)) % n_cls))
+        for v in range(per_clip):
+            shift = 0 if v == 0 else int(rng.integers(-1, 2))  # train views: segment offsets move frames a bit
+            s0 = min(max(start + shift, 0), frames - length)
+            true[c, v, s0 : s0 + length] = True
+            feats[c, v, s0 : s0 + length] += strength * unit[1 + labels[c]]
+            if other is not None:
+                d0 = min(max(other[0] + shift, 0), frames - other[1])
+                if not true[c, v, d0 : d0 + other[1]].any():
+                    decoy[c, v, d0 : d0 + other[1]] = True
+                    feats[c, v, d0 : d0 + other[1]] += distractor_signal * unit[1 + other[2]]
+    settings = {"generated": "bursts", "seed": seed, "burst": list(burst), "signal": signal, "n_clips": n_clips}
+    feats16 = feats.astype(np.float16)
+    fingerprint = "bursts-" + hashlib.sha256(feats16.tobytes()).hexdigest()[:16]
+    _write_generated(
+        path,
+        lambda rows: feats16[rows].reshape(-1, frames, dim),
+        labels,
+        classes,
+        views,
+        frames,
+        clip_model,
+        clip_sha256,
+        folds,
+        shard_clips,
+        fingerprint,
+        settings,
+    )
+    return {"burst": true.reshape(-1, frames), "distractor": decoy.reshape(-1, frames), "labels": labels}
+
+
+def _write_generated(
+    path: str | Path,
+    shard_features: Callable[[np.ndarray], np.ndarray],
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    views: int,
+    frames: int,
+    clip_model: str,
+    clip_sha256: str,
+    folds: int,
+    shard_clips: int,
+    fingerprint: str,
+    settings: dict,
+    dataset: str = "synthetic",
+) -> None:
+    """A views cache of generated clips at ``path``: ``shard_features(rows)`` gives the (len(rows) * (1 + views),
+    T, D) float16 features of consecutive clip rows (per clip: its test view, then its train views); clip k is in
+    the test set of fold k % folds. Shard by shard, so a large cache never sits in memory whole."""
+    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
+    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
+
+    path = Path(path)
+    n_clips, per_clip = len(labels), 1 + views
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
     membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
     membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2  # ... but in the test set of one
     annotations = Annotations(dataset, tuple(classes), split_names, clips, membership, ())
-    settings = {"generated": True, "seed": seed, "signal_frames": signal_frames}
     files = []
     for k, start in enumerate(range(0, n_clips, shard_clips)):
         rows = np.arange(start, min(start + shard_clips, n_clips))
@@ -309,12 +486,11 @@ def write_feature_cache(
             "clip_model": clip_model,
             "clip_sha256": clip_sha256,
             "train_views": views,
-            "fingerprint": f"generated-{seed}",
+            "fingerprint": fingerprint,
             "sampling": "generated",
             "tgdfer_version": "generated",
         },
     )
-    return mask.reshape(-1, frames)
 
 
 def write_frame_feature_cache(

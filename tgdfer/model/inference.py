@@ -24,7 +24,9 @@ def predict_features(
     """Run the model on (N, T, D) features -> {"probs": (N, C), "scores": (N, T, C), "mask": (N, T) bool}.
 
     ``select=("highest"|"lowest", k)`` re-predicts from only the k frames with the highest or lowest influence
-    on the full-clip prediction (Table 6); ``mask`` says which frames were used.
+    on the full-clip prediction (Table 6); ``mask`` says which frames were used. The other frames reach no module
+    of the re-prediction (``TGDFER.forward`` masks them as attention keys and in every pooling), so it is the
+    prediction from those k frames alone.
     """
     model.eval()
     device = features.device

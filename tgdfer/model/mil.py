@@ -1,15 +1,20 @@
 """Bag prediction (paper Eq. 11): T instance scores -> one clip score per class.
 
-Instance scores are s_tk = cos(X^I_t, X^P~_k) / tau (B, T, C): how strongly frame t matches the enhanced label
-of class k. This is also the frame's "influence" that Fig. 4 shows (min-max normalised) and Table 6 ranks.
+Instance scores are s_tk = cos(F_t, L_k) / tau (B, T, C): how strongly frame t matches the label of class k, for
+the instance features F of a stream (X^I, or the frame stream's per-frame map of X^v; see ``model``). The frame
+stream's scores are the frame's "influence" that Fig. 4 shows (min-max normalised) and Table 6 ranks.
 
-The paper leaves the aggregation over T open; three readings, switchable with ``model.mil``:
-- "attention" (default): weights softmax_t(cos(X^I_t, X^FP_k) / attn_tau) from the fine-prompt alignment of Eq. 8,
-  so the frames the descriptors pick out decide the bag and each frame's score comes from the enhanced label.
-  attn_tau (1.0) is softer than Eq. 8's tau: weights start near uniform and sharpen as the alignment is learnt;
-  with tau = 0.01 they start one-hot on arbitrary frames and training collapsed in our tests;
-- "mean": the plain mean over frames;
-- "topk": the mean of the k highest instance scores per class (the classic MIL top-k).
+The paper leaves the aggregation over T open; four readings, switchable with ``model.mil`` (temporal stream) and
+``model.frame_mil`` (frame stream):
+- "attention": weights softmax_t(cos(F_t, X^FP_k) / attn_tau) from the fine-prompt alignment of Eq. 8. At
+  attn_tau = 1 the weights spread over 14-16 of 16 frames (a mean in effect); at Eq. 8's 0.01 they start one-hot
+  on arbitrary frames and training collapsed (bench/learning.py: WAR 61);
+- "mean": the plain mean over frames (the temporal stream's default: best WAR, it need not localise);
+- "topk": the mean of the k highest instance scores per class (the classic MIL top-k). Its gradient reaches only
+  the k chosen frames, so a class whose label starts pointing away from its expression never finds it: whole
+  classes then ranked off-burst frames highest (hit rate 0.0-0.05 for that class);
+- "mixed": the mean of "mean" and "topk" (the frame stream's default): every frame gets a gradient from the first
+  step, the top frames a larger one, so the label finds the expression and the bag still rests on its frames.
 A frame mask (B, T) restricts every reading to chosen frames (Table 6); masked frames never get weight.
 """
 
@@ -20,7 +25,7 @@ import torch
 from tgdfer.errors import ConfigError
 from tgdfer.model.influence import scaled_cosine
 
-MODES = ("attention", "mean", "topk")
+MODES = ("attention", "mean", "topk", "mixed")
 
 
 def instance_scores(xi: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
@@ -42,6 +47,11 @@ def aggregate(
     if mode == "attention":
         a = weight_logits if mask is None else weight_logits.masked_fill(~mask, float("-inf"))
         return (a.softmax(dim=1) * scores).sum(dim=1)
+    if mode == "mixed":
+        return 0.5 * (
+            aggregate(scores, weight_logits, "mean", topk, frame_mask)
+            + aggregate(scores, weight_logits, "topk", topk, frame_mask)
+        )
     if mode == "mean":
         if mask is None:
             return scores.mean(dim=1)

@@ -3,7 +3,15 @@
     X^v (B, T, D) --MultiGrainedTemporal (Eq. 2-5)--> X^I (B, T, D)
     TextPrompts (Eq. 6) --> X^FP (C, D), X^CP (C, D)
     VisualPrompt (Eq. 7-10) --> X^P~ (B, C, D), A_I (B, T, C)
-    instance scores cos(X^I, X^P~)/tau (B, T, C) --MIL (Eq. 11)--> bag logits (B, C)
+    temporal stream: cos(X^I, X^P~)/tau (B, T, C) --MIL (Eq. 11)--> bag (B, C)
+    frame stream:    cos(W X^v, MLP(X^FP) + X^CP)/tau (B, T, C) --MIL--> bag (B, C)   [the frame influence]
+    bag logits = mean of the streams' bags (B, C)
+
+Where influence is read (``ModelConfig.instances``, issue 11): on X^I the coarse transformer spreads a clip's
+class over every frame, so the top-scoring frame missed the expression burst for more than half the clips of
+bench/learning.py. The default reads it from a frame stream no temporal layer mixes, scored against labels no
+video's context reaches (V^P carries the clip's class, and with it whole classes learnt to rank off-burst frames
+highest), and keeps the temporal stream, as the paper writes it, for the clip's prediction.
 
 Only the temporal network, the prompt contexts, the visual prompt's MLP and the fusion FC train; the CLIP text
 tower is frozen and never saved in checkpoints (``trainable_state``).
@@ -11,6 +19,7 @@ tower is frozen and never saved in checkpoints (``trainable_state``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +31,7 @@ from tgdfer.labels import fixed_prompts, load_descriptor_file, prompt_bodies
 from tgdfer.model.mil import aggregate, instance_scores
 from tgdfer.model.prompts import PromptSet, TextPrompts, TextTower
 from tgdfer.model.temporal import MultiGrainedTemporal
-from tgdfer.model.visual_prompt import VisualPrompt
+from tgdfer.model.visual_prompt import VisualPrompt, alignment
 
 FROZEN_PREFIX = "prompts.tower."  # the CLIP text tower: loaded from CLIP's weights, never from checkpoints
 
@@ -32,6 +41,7 @@ class Output:
     logits: torch.Tensor  # (B, C) bag logits, Eq. 11 before the softmax
     scores: torch.Tensor  # (B, T, C) instance scores: each frame's influence per class
     align: torch.Tensor  # (B, T, C) A_I, Eq. 8
+    aux: tuple[torch.Tensor, ...] = ()  # (B, C) bag logits the loss also supervises
 
 
 class TGDFER(nn.Module):
@@ -75,6 +85,16 @@ class TGDFER(nn.Module):
             prompt_set(cfg.coarse_text, cfg.coarse_learnable),
         )
         self.visual_prompt = VisualPrompt(dim, cfg.visual_prompt, cfg.vp_weights, cfg.mlp_mult, cfg.tau)
+        self.frame = None
+        if cfg.instances != "temporal":  # per-frame map of X^v, starting as the identity (CLIP's joint space)
+            self.frame = nn.Linear(dim, dim, bias=False)
+            with torch.no_grad():
+                self.frame.weight.copy_(torch.eye(dim))
+        log_tau = torch.tensor(math.log(cfg.attn_tau))
+        if cfg.learn_attn_tau:
+            self.log_attn_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_attn_tau", log_tau)
         # (D,) mean frame feature of the training split, set by ``set_feature_mean``; saved with the checkpoint
         self.register_buffer("feature_mean", torch.zeros(dim))
 
@@ -84,16 +104,49 @@ class TGDFER(nn.Module):
         self.feature_mean.copy_(mean.to(self.feature_mean))
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> Output:
-        """(B, T, D) frame features [, (B, T) bool frames to use] -> Output."""
+        """(B, T, D) frame features [, (B, T) bool frames to use] -> Output.
+
+        With a frame mask (Table 6) the frames left out reach nothing: no attention key (temporal), no weight in
+        V^P (Eq. 7), no clip mean (frame_centre), no place in any bag (MIL).
+        """
         if self.cfg.center:
             x = x - self.feature_mean
-        xi = self.temporal(x)  # Eq. 2-5
+        xi = self.temporal(x, frame_mask)  # Eq. 2-5, (B, T, D)
         xfp, xcp = self.prompts()  # Eq. 6, (C, D) each
-        labels, align = self.visual_prompt(xi, xfp, xcp, frame_mask)  # Eq. 7-10
-        scores = instance_scores(xi, labels, self.cfg.tau)  # Eq. 11, per frame
-        weight_logits = align * (self.cfg.tau / self.cfg.attn_tau)  # cos(X^I, X^FP) / attn_tau
-        logits = aggregate(scores, weight_logits, self.cfg.mil, self.cfg.topk, frame_mask)
-        return Output(logits=logits, scores=scores, align=align)
+        labels, align = self.visual_prompt(xi, xfp, xcp, frame_mask)  # Eq. 7-10, (B, C, D), (B, T, C)
+        attn_tau = self.log_attn_tau.exp()
+        bags, streams = [], []
+        if self.cfg.instances in ("temporal", "both"):
+            scores = instance_scores(xi, labels, self.cfg.tau)  # Eq. 11 per frame, (B, T, C)
+            weight_logits = align * (self.cfg.tau / attn_tau)  # cos(X^I, X^FP) / attn_tau
+            bags.append(aggregate(scores, weight_logits, self.cfg.mil, self.cfg.topk, frame_mask))
+            streams.append(scores)
+        if self.frame is not None:
+            scores, weight_logits = self._frame_stream(x, labels, xfp, xcp, attn_tau, frame_mask)
+            bags.append(aggregate(scores, weight_logits, self.cfg.frame_mil, self.cfg.topk, frame_mask))
+            streams.append(scores)
+        logits = torch.stack(bags).mean(0)  # (streams, B, C) -> (B, C)
+        aux = (bags[-1],) if self.cfg.aux_loss and len(bags) > 1 else ()  # the frame stream's own bag
+        return Output(logits=logits, scores=streams[-1], align=align, aux=aux)
+
+    def _frame_stream(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        xfp: torch.Tensor,
+        xcp: torch.Tensor,
+        attn_tau: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame instance scores no temporal layer mixes: X^v (B, T, D), X^P~ (B, C, D), X^FP, X^CP (C, D)
+        -> scores (B, T, C) (the influence), attention logits (B, T, C)."""
+        if self.cfg.frame_centre > 0:  # each frame against its own clip's mean over the frames used
+            w = torch.ones_like(x[:, :, :1]) if frame_mask is None else frame_mask[:, :, None].to(x.dtype)
+            x = x - self.cfg.frame_centre * (w * x).sum(1, keepdim=True) / w.sum(1, keepdim=True)  # (B, 1, D)
+        xf = self.frame(x)  # (B, T, D)
+        if self.cfg.frame_labels == "plain":  # Eq. 10 without V^P: no video's context reaches these labels
+            labels = self.visual_prompt.plain(xfp, xcp).expand(x.shape[0], -1, -1)  # (C, D) -> (B, C, D)
+        return instance_scores(xf, labels, self.cfg.tau), alignment(xf, xfp, 1.0) / attn_tau
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(prompt contexts, everything else that trains): they get different learning rates (§4.2)."""

@@ -10,6 +10,11 @@ Coarse module (Eq. 4): a transformer encoder over all T frames with its own posi
 
 Fusion (Eq. 5): X^I = FC([X^fine, X^coarse]). Depth 0 removes a module (Table 3); with both removed, the FC maps
 the frame features themselves.
+
+A frame mask (B, T) (Table 6: re-predict from k chosen frames) makes the left-out frames padding: they are never
+attention keys, in the fine windows or the coarse transformer, so no chosen frame's output depends on them. A fine
+window holding no chosen frame attends to all its frames instead (its outputs only reach left-out frames, which
+every later module masks too), so softmax never sees a row without keys.
 """
 
 from __future__ import annotations
@@ -88,12 +93,17 @@ class FineTemporal(nn.Module):
         self.pos = nn.Parameter(torch.randn(window, dim) * 0.02)  # P^f
         self.encoder = _encoder(dim, depth, heads, ffn_mult, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) [, (B, T) bool frames to use] -> (B, T, D)."""
         b, _, d = x.shape
         n, w = self.index.shape
         windows = x[:, self.index] + self.pos  # (B, N, w, D)   X'_i + P^f
-        out = self.encoder(windows.reshape(b * n, w, d)).reshape(b, n * w, d)  # (B, N*w, D)
+        pad = None
+        if frame_mask is not None:
+            pad = ~frame_mask[:, self.index]  # (B, N, w) True: not a key
+            pad = pad & ~pad.all(dim=-1, keepdim=True)  # windows with no chosen frame attend to all
+            pad = pad.reshape(b * n, w)
+        out = self.encoder(windows.reshape(b * n, w, d), src_key_padding_mask=pad).reshape(b, n * w, d)  # (B, N*w, D)
         merged = torch.einsum("tk,bkd->btd", self.merge.to(out.dtype), out)  # (B, T, D)
         return torch.where(self.covered[None, :, None], merged, x)
 
@@ -106,9 +116,10 @@ class CoarseTemporal(nn.Module):
         self.pos = nn.Parameter(torch.randn(frames, dim) * 0.02)  # P^c
         self.encoder = _encoder(dim, depth, heads, ffn_mult, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
-        return self.encoder(x + self.pos)
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) [, (B, T) bool frames to use] -> (B, T, D)."""
+        pad = None if frame_mask is None else ~frame_mask  # (B, T) True: not a key
+        return self.encoder(x + self.pos, src_key_padding_mask=pad)
 
 
 class MultiGrainedTemporal(nn.Module):
@@ -140,7 +151,7 @@ class MultiGrainedTemporal(nn.Module):
         branches = (self.fine is not None) + (self.coarse is not None)
         self.fc = nn.Linear(max(branches, 1) * dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) frame features X^v -> (B, T, D) instance features X^I."""
-        parts = [m(x) for m in (self.fine, self.coarse) if m is not None] or [x]
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) frame features X^v [, (B, T) bool frames to use] -> (B, T, D) instance features X^I."""
+        parts = [m(x, frame_mask) for m in (self.fine, self.coarse) if m is not None] or [x]
         return self.fc(torch.cat(parts, dim=-1))  # (B, T, branches*D) -> (B, T, D)

@@ -58,3 +58,8 @@ class VisualPrompt(nn.Module):
             vp = F.normalize(w.transpose(1, 2) @ xi, dim=-1)  # (B, C, T) @ (B, T, D) -> (B, C, D)   Eq. 7
             hat = fine + vp if self.placement == "add" else torch.cat([vp, fine], dim=-1)  # Eq. 9 / prepend
         return self.mlp(hat) + xcp.to(xi.dtype), a  # Eq. 10
+
+    def plain(self, xfp: torch.Tensor, xcp: torch.Tensor) -> torch.Tensor:
+        """X^FP (C, D), X^CP (C, D) -> (C, D) the labels without any video's context: MLP(X^FP) + X^CP."""
+        hat = xfp if self.placement != "prepend" else torch.cat([torch.zeros_like(xfp), xfp], dim=-1)
+        return self.mlp(hat) + xcp

@@ -152,9 +152,12 @@ def _text_features(template: TGDFER, p: dict) -> tuple[torch.Tensor, torch.Tenso
     return tuple(f if f.dim() == 3 else f.expand(r, -1, -1) for f in out)  # type: ignore[return-value]
 
 
-def batched_forward(template: TGDFER, p: dict, mean: torch.Tensor, x: torch.Tensor, drop: _Dropout) -> torch.Tensor:
+def batched_forward(
+    template: TGDFER, p: dict, mean: torch.Tensor, x: torch.Tensor, drop: _Dropout
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """R runs of ``TGDFER.forward`` in training mode: stacked parameters ``p`` {name: (R, ...)}, (R, D) feature
-    means, (R, B, T, D) features -> (R, B, C) bag logits. ``template`` supplies the structure and shared buffers."""
+    means, (R, B, T, D) features -> (R, B, C) bag logits and, with ``aux_loss`` and two streams, (R, B, C) the
+    frame stream's own bag (``Output.aux``). ``template`` supplies the structure and shared buffers."""
     cfg = template.cfg
     r, b, _, d = x.shape
     if cfg.center:
@@ -180,15 +183,32 @@ def batched_forward(template: TGDFER, p: dict, mean: torch.Tensor, x: torch.Tens
         weights = align.softmax(dim=2) if vp_cfg.weights == "softmax" else align
         vp = F.normalize(weights.transpose(-1, -2) @ xi, dim=-1)  # (R, B, C, T) @ (R, B, T, D)   Eq. 7
         hat = hat + vp if vp_cfg.placement == "add" else torch.cat([vp, hat], dim=-1)  # Eq. 9 / prepend
-    h = F.gelu(_linear(hat, p["visual_prompt.mlp.0.weight"], p["visual_prompt.mlp.0.bias"]))
-    labels = _linear(h, p["visual_prompt.mlp.2.weight"], p["visual_prompt.mlp.2.bias"]) + xcp.to(xi.dtype)[:, None]
-    scores = scaled_cosine(xi, labels, cfg.tau)  # Eq. 11, (R, B, T, C)
-    weight_logits = align * (cfg.tau / cfg.attn_tau)
-    logits = aggregate(scores.flatten(0, 1), weight_logits.flatten(0, 1), cfg.mil, cfg.topk)  # (R*B, C)
-    return logits.view(r, b, -1)
+    labels = _mlp(hat, p) + xcp.to(xi.dtype)[:, None]  # Eq. 10, (R, B, C, D)
+    attn_tau = p["log_attn_tau"].exp()[:, None, None, None] if "log_attn_tau" in p else template.log_attn_tau.exp()
+    bags = []
+    if cfg.instances in ("temporal", "both"):
+        scores = scaled_cosine(xi, labels, cfg.tau)  # Eq. 11, (R, B, T, C)
+        weight_logits = align * (cfg.tau / attn_tau)
+        bags.append(aggregate(scores.flatten(0, 1), weight_logits.flatten(0, 1), cfg.mil, cfg.topk).view(r, b, -1))
+    if cfg.instances != "temporal":  # the frame stream (TGDFER._frame_stream)
+        xv = x - cfg.frame_centre * x.mean(2, keepdim=True) if cfg.frame_centre > 0 else x
+        xf = torch.matmul(xv, p["frame.weight"].transpose(1, 2)[:, None].to(xv.dtype))  # (R, B, T, D)
+        if cfg.frame_labels == "plain":  # MLP(X^FP) + X^CP, no video's context
+            plain = xfp if vp_cfg.placement != "prepend" else torch.cat([torch.zeros_like(xfp), xfp], dim=-1)
+            labels = (_mlp(plain.to(xi.dtype), p) + xcp.to(xi.dtype))[:, None].expand(r, b, -1, -1)
+        scores = scaled_cosine(xf, labels, cfg.tau)  # (R, B, T, C)
+        weight_logits = scaled_cosine(xf, xfp[:, None], 1.0) / attn_tau
+        bags.append(
+            aggregate(scores.flatten(0, 1), weight_logits.flatten(0, 1), cfg.frame_mil, cfg.topk).view(r, b, -1)
+        )
+    logits = torch.stack(bags).mean(0)  # (R, B, C)
+    return logits, bags[-1] if cfg.aux_loss and len(bags) > 1 else None
 
 
-# ------------------------------------------------------------------------------------------------- the runs
+def _mlp(h: torch.Tensor, p: dict) -> torch.Tensor:
+    """The visual prompt's MLP per run: (R, ..., in) -> (R, ..., D)."""
+    h = F.gelu(_linear(h, p["visual_prompt.mlp.0.weight"], p["visual_prompt.mlp.0.bias"]))
+    return _linear(h, p["visual_prompt.mlp.2.weight"], p["visual_prompt.mlp.2.bias"])
 
 
 @dataclass(eq=False)
@@ -273,12 +293,14 @@ def train_epoch_batched(runs: list[_Run], stacked: dict[str, torch.Tensor], epoc
         x = features[torch.stack(rows)].float()  # (R, B, T, D), converted per batch
         drop = _Dropout(template.cfg.dropout, [r.generator for r in runs], valid, batch)
         with autocast(device, cfg.amp):
-            logits = batched_forward(template, stacked, mean, x, drop)
+            logits, aux = batched_forward(template, stacked, mean, x, drop)
         total = 0
         run_losses = {}
         for i, y in enumerate(labels):
             if valid[i]:
                 run_losses[i] = F.cross_entropy(logits[i, : valid[i]].float(), y)
+                if aux is not None:  # the frame stream's own bag, as engine.train_one_epoch
+                    run_losses[i] = run_losses[i] + F.cross_entropy(aux[i, : valid[i]].float(), y)
                 total = total + run_losses[i]
         for leaf in stacked.values():
             leaf.grad = None

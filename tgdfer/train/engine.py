@@ -73,6 +73,8 @@ def train_one_epoch(
         with autocast(device, cfg.amp):
             out = model(x)
         loss = F.cross_entropy(out.logits.float(), y)
+        for bag in out.aux:  # a stream's own bag, trained on the label too (ModelConfig.aux_loss)
+            loss = loss + F.cross_entropy(bag.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
