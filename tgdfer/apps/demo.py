@@ -109,6 +109,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         ],
         "file": [f"CLIP: weights from {clip}.", "If they are random (as in tests), the accuracy means nothing."],
     }[kind]
+    if cfg.cue > 0 and kind != "random":
+        what.append(f"The clips carry a class-coloured pattern (--cue {cfg.cue}); --cue 0 draws the faces alone.")
     log(_banner(what))
     for old in (out / "cache.shards", out / "run"):  # a demo starts fresh; its generated clips are kept
         shutil.rmtree(old, ignore_errors=True)
