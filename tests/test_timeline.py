@@ -411,3 +411,67 @@ def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     assert "good: resuming after 12 of 12 windows" in captured.err
     result = json.loads(captured.out)[0]
     assert result["ok"] and result["windows"] == 12 and result["summary"]["windows"] == 12
+
+
+# ------------------------------------------------------------------------------------------ saved features
+
+
+def test_saved_features_rerun_and_rewindow_without_decoding(tmp_path, trained, astronaut, monkeypatch):
+    """A timeline's .features.npz stands in for its video: the same settings give the same rows (no_face ones
+    too) without decoding or encoding a frame; other windows sample only frames the first run sampled."""
+    fps, seconds = 25, 9
+    t = np.arange(fps * seconds) / fps
+    present = (t < 3) | (t >= 6)
+    video = write_video_pts(
+        tmp_path / "v.mkv", face_scene(astronaut, len(t), 160, 120, present), (round(x * 1000) for x in t)
+    )
+    first = tl.timeline([str(video)], _cfg(trained, tmp_path / "a", face_crop=True, save_features=True))[0]
+    assert first["ok"], first
+    saved = first["npz"]
+    assert saved.endswith("v.features.npz")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded or encoded a frame")
+
+    monkeypatch.setattr(tl, "VideoStream", no_decoding)
+    monkeypatch.setattr(tl, "encode_frames", no_decoding)
+    again = tl.timeline([saved], _cfg(trained, tmp_path / "b"))[0]
+    assert again["ok"], again
+    assert again["seconds"]["encoded_frames"] == 0 and Path(again["csv"]).name == "v.timeline.csv"
+    a, b = _rows(first["csv"]), _rows(again["csv"])
+    assert [r["status"] for r in a] == [r["status"] for r in b] and "no_face" in {r["status"] for r in a}
+    for ra, rb in zip(a, b, strict=True):
+        fixed = [k for k in tl.FIXED_COLUMNS if k != "margin"]
+        assert [ra[k] for k in fixed] == [rb[k] for k in fixed]
+        for c in NAMES:
+            assert (ra[c] == rb[c] == "") or float(ra[c]) == pytest.approx(float(rb[c]), abs=2e-6)
+    header = json.loads(Path(again["json"]).read_text())
+    assert header["video"] == str(video) and header["features"] == saved and header["face_crop"] is True
+
+    wide = tl.timeline([saved], _cfg(trained, tmp_path / "c", window="3", stride="0.5s", smooth="mean"))[0]
+    rows = _rows(wide["csv"])
+    assert [float(r["start_s"]) for r in rows] == [k / 2 for k in range(13)]  # 9 s: windows of 3 s every 0.5 s
+    assert float(rows[-1]["end_s"]) == pytest.approx(seconds)
+    by_start = {float(r["start_s"]): r for r in rows}
+    assert all(by_start[s]["status"] == "ok" for s in (0.0, 6.0))  # wholly inside the face's time
+    assert by_start[3.0]["status"] == "no_face" and float(by_start[3.0]["face_frac"]) < 0.5  # wholly inside its absence
+    assert f"{NAMES[0]}_mean5" in rows[0]
+
+
+def test_saved_features_are_refused_when_they_do_not_fit(tmp_path, trained):
+    video = _clip_video(tmp_path / "clip.mkv", 3.0)
+    saved = tl.timeline([str(video)], _cfg(trained, tmp_path / "a", face_crop=False, save_features=True))[0]["npz"]
+    arrays = dict(np.load(saved, allow_pickle=False))
+    other = tmp_path / "other.features.npz"
+    np.savez(other, **{**arrays, "clip_sha256": np.str_("0" * 64)})
+    old = tmp_path / "old.features.npz"
+    np.savez(old, **{k: v for k, v in arrays.items() if k not in ("clip_sha256", "no_face_frames")})
+    results = tl.timeline([str(other), str(old), saved], _cfg(trained, tmp_path / "b", save_features=True))
+    assert [r["ok"] for r in results] == [False, False, False]
+    assert results[0]["error"].startswith(f"{other}: expected features of the run's CLIP (SHA-256 ")
+    assert results[0]["error"].endswith("found 000000000000: rerun the timeline on the video itself")
+    assert results[1]["error"] == (
+        f"expected a .features.npz written by `tgdfer timeline --save-features`, found {old} without no_face_frames, "
+        "clip_sha256"
+    )
+    assert results[2]["error"] == f"--save-features: expected a video, found saved features {saved} (they are saved)"

@@ -371,7 +371,9 @@ _WINDOW_HELP = (
 
 @app.command()
 def timeline(
-    videos: Annotated[list[Path], typer.Argument(help="Video files (minutes to hours)")],
+    videos: Annotated[
+        list[Path], typer.Argument(help="Video files (minutes to hours), or .features.npz files of earlier timelines")
+    ],
     run: Annotated[Path, typer.Option(help="Run directory written by `tgdfer train`")],
     out: Annotated[Path | None, typer.Option(help=f"Output folder ({_default(TimelineConfig, 'out')})")] = None,
     window: Annotated[str | None, typer.Option(help=_WINDOW_HELP)] = None,

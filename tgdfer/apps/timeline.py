@@ -26,7 +26,7 @@ probabilities, as if the window were one of its training clips:
 Outputs per video (``out``): ``<stem>.timeline.csv`` (rows), ``<stem>.timeline.json`` (header: run, classes,
 window, stride, fps, versions, the settings hash that ``resume`` checks, and the summary), ``<stem>.timeline.png``
 and with ``save_features`` ``<stem>.features.npz`` (per-frame features, frame numbers, face boxes,
-timestamps).
+timestamps), which ``SavedFeatures`` reads back in place of the video: re-windowing or smoothing without decoding.
 """
 
 from __future__ import annotations
@@ -232,6 +232,89 @@ class VideoStream:
                 index += 1
         finally:
             capture.release()
+
+
+class SavedFeatures:
+    """A timeline's ``<stem>.features.npz`` read back as its video: the same time axis (every frame's time), and
+    the frames it sampled, with their features and whether the followed face was on them. Re-windowing or
+    smoothing runs from it without decoding or encoding anything. A window of the new plan whose segment centre
+    fell on a frame the first run did not sample takes the nearest sampled frame inside the window (by time);
+    with the first run's window and stride every chosen frame is one it sampled, so the rows come out the same."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            data = np.load(self.path, allow_pickle=False)  # plain arrays only: never unpickle a user's file
+            arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"expected a timeline's .features.npz, found an unreadable file {self.path}: {exc}"
+            ) from exc
+        missing = [k for k in _SAVED_KEYS if k not in arrays]
+        if missing:
+            raise ConfigError(
+                f"expected a .features.npz written by `tgdfer timeline --save-features`, found {self.path} "
+                f"without {', '.join(missing)}"
+            )
+        self.times = arrays["all_timestamps_ms"].astype(np.float64) / 1000.0  # (N,) seconds, every frame
+        self.duration = float(arrays["duration_s"])
+        self.fps = len(self.times) / self.duration
+        self.variable_rate = bool(arrays["variable_rate"])
+        self.width, self.height = (int(v) for v in arrays["size"])
+        self.video = str(arrays["video"])
+        self.decoder = f"saved features ({arrays['decoder']})"
+        self.timestamps_source = f"{arrays['timestamps_source']} (saved)"
+        self.clip_sha256 = str(arrays["clip_sha256"])
+        self.face_crop = bool(arrays["face_crop"])
+        frames = arrays["frames"].astype(np.int64)  # (F,) encoded frames with a face box
+        no_face = arrays["no_face_frames"].astype(np.int64)  # (G,) sampled frames the follower found no face on
+        self.available = np.union1d(frames, no_face)  # (F+G,) sorted: every frame the first run sampled
+        self.face = np.zeros(len(self.times), dtype=bool)
+        self.face[frames] = True
+        self._feature = {int(i): torch.from_numpy(f) for i, f in zip(frames, arrays["features"], strict=True)}
+
+    def feature(self, index: int) -> torch.Tensor:
+        """(D,) fp16 of a frame with a face."""
+        return self._feature[index]
+
+    def substitute(self, plan: WindowPlan) -> WindowPlan:
+        """The plan with each chosen frame replaced by the nearest sampled frame inside its window (the earlier on
+        a tie); a window holding no sampled frame gets none (its row: no_frames)."""
+        frames, counts = plan.frames.copy(), plan.counts.copy()
+        t = self.times[self.available]
+        for w in range(len(frames)):
+            last = w == len(frames) - 1
+            inside = (t >= plan.starts[w] - _EPS) & ((t < plan.ends[w] - _EPS) | last)
+            candidates = self.available[inside]
+            if plan.counts[w] == 0 or len(candidates) == 0:
+                frames[w], counts[w] = -1, 0
+                continue
+            ct = self.times[candidates]
+            for j, i in enumerate(frames[w]):
+                frames[w, j] = candidates[int(np.argmin(np.abs(ct - self.times[i])))]
+        return WindowPlan(starts=plan.starts, ends=plan.ends, frames=frames, counts=counts)
+
+    def frames(self) -> Iterator[tuple[int, None]]:
+        """(frame number, None) for every sampled frame, in time order: nothing to decode."""
+        for i in self.available:
+            yield int(i), None
+
+
+_SAVED_KEYS = (
+    "features",
+    "frames",
+    "no_face_frames",
+    "all_timestamps_ms",
+    "duration_s",
+    "variable_rate",
+    "size",
+    "video",
+    "decoder",
+    "timestamps_source",
+    "clip_sha256",
+    "face_crop",
+)
+SAVED_SUFFIX = ".features.npz"
 
 
 # -------------------------------------------------------------------------------------------------------- faces
@@ -548,17 +631,32 @@ def _one_video(
 ) -> dict:
     names = run.class_names
     frames_per_window = int(run.identity["frames"])
-    stream = VideoStream(path)
+    reuse = SavedFeatures(path) if str(path).endswith(SAVED_SUFFIX) else None
+    stream = reuse or VideoStream(path)
+    if reuse is not None:
+        if reuse.clip_sha256 != run.clip.sha256:
+            raise ConfigError(
+                f"{path}: expected features of the run's CLIP (SHA-256 {run.clip.sha256[:12]}), found "
+                f"{reuse.clip_sha256[:12]}: rerun the timeline on the video itself"
+            )
+        if cfg.save_features:
+            raise ConfigError(f"--save-features: expected a video, found saved features {path} (they are saved)")
+        if face_crop != reuse.face_crop:
+            log(f"{stem}: face crop {'on' if reuse.face_crop else 'off'}, as the saved features were made")
+        face_crop = reuse.face_crop
     recorded = run.identity.get("clip_seconds")  # a cache that records its clips' mean length (none does yet)
     window_why = "the run's clip length" if recorded else "default: the run records no clip length"
     window_s = span_seconds(cfg.window, "window", stream.fps) if cfg.window else float(recorded or DEFAULT_WINDOW_S)
     stride_s = span_seconds(cfg.stride, "stride", stream.fps)
     plan = plan_windows(stream.times, stream.duration, window_s, stride_s, frames_per_window)
+    if reuse is not None:
+        plan = reuse.substitute(plan)  # only frames the first run sampled have features
     n_windows = len(plan.starts)
     files = _outputs(Path(cfg.out), stem)
     settings = _settings(cfg, run, stream, face_crop, window_s, stride_s)
     header = {
-        "video": str(path),
+        "video": str(path) if reuse is None else reuse.video,
+        "features": None if reuse is None else str(path),
         "run": str(cfg.run),
         "run_epoch": run.epoch,
         "classes": list(names),
@@ -622,7 +720,7 @@ def _one_video(
     clip = run.clip
     size = clip.image_size
     follower = None
-    if face_crop:
+    if face_crop and reuse is None:
         from tgdfer.data.faces import FaceCropper
 
         cropper = FaceCropper()
@@ -698,6 +796,12 @@ def _one_video(
         for index, frame in stream.frames() if done < n_windows else ():
             if not sampled[index]:
                 continue
+            if reuse is not None:  # nothing to decode or encode: the first run's faces and features
+                found[index] = reuse.face[index]
+                if found[index] and encode_needed[index]:
+                    features[index] = reuse.feature(index)
+                finish(index)
+                continue
             if last_use[index] < done and not encode_needed[index] and follower is None:
                 continue  # resumed: only windows already in the CSV use this frame
             rgb = frame.rgb()
@@ -755,6 +859,15 @@ def _one_video(
                 timestamps_ms=stream.times[frames_saved] * 1000.0,  # (N,) from pts * time_base
                 all_timestamps_ms=stream.times * 1000.0,  # every decoded frame's time
                 window_frames=plan.frames,  # (W, T) frame numbers each window sampled
+                no_face_frames=np.flatnonzero(sampled & ~found),  # (G,) sampled frames without the face
+                duration_s=np.float64(stream.duration),  # what the video is, for a rerun from this file:
+                variable_rate=np.bool_(stream.variable_rate),
+                size=np.array([stream.width, stream.height], np.int64),
+                video=np.str_(str(path)),
+                decoder=np.str_(stream.decoder),
+                timestamps_source=np.str_(stream.timestamps_source),
+                clip_sha256=np.str_(run.clip.sha256),  # features of this CLIP only
+                face_crop=np.bool_(face_crop),
             )
     summary = summarize(rows, names)
     png = None
@@ -797,7 +910,7 @@ def _one_video(
 
 def _stems(paths: list[str]) -> list[str]:
     """Output names: the file stem, with its parent folder's name added when two videos share a stem."""
-    stems = [Path(p).stem for p in paths]
+    stems = [Path(p).name[: -len(SAVED_SUFFIX)] if p.endswith(SAVED_SUFFIX) else Path(p).stem for p in paths]
     return [
         f"{Path(p).parent.name}-{s}" if stems.count(s) > 1 and Path(p).parent.name else s
         for p, s in zip(paths, stems, strict=True)
