@@ -12,11 +12,20 @@ cache. Settings: the defaults (2 s windows every 1 s, T = 16, face tracking on, 
 
 Targets (issue 18): >= 1x real time on 2 CPU cores at the default settings, >= 100x on one GPU; an hour of 1080p
 in well under 2 GB.
+
+With --compare fp32 (the default) the whole video runs a second time with the image encoder in fp32, so one run
+prints the speed ratio of the default precision (bf16 on a CPU with AMX) to fp32 and how far the window
+probabilities move: max and mean absolute difference, and the share of windows whose top class changes.
+
+Peak memory is each timeline process's own VmHWM, read by the process itself at exit: the ru_maxrss that wait4
+reports for a child also counts the parent's high-water mark (Python starts children with vfork, and Linux
+carries the old address space's peak across exec), which made this bench print the bench's own 2.7 GB before.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -49,6 +58,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--arch", default="ViT-B/32", choices=["ViT-B/32", "tiny"])
     p.add_argument("--data", default=None, help="folder for the generated video and run (kept between runs)")
+    p.add_argument(
+        "--compare",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "none"],
+        help="also run the whole video with the image encoder in this precision; none: skip",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -93,43 +108,49 @@ def main() -> None:
     run = load_run(str(run_dir), str(device))
     clip = tl._image_encoder(run)
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8))
-    encode_frames(clip, pixels[:8], batch_size=8)  # warm-up
-    t0 = time.perf_counter()
-    encode_frames(clip, pixels, batch_size=64)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    fps_encode = 64 / (time.perf_counter() - t0)
-    encode_s = len(sampled) / fps_encode
-    print(
-        f"encode only: {fps_encode:.1f} frames/s ({args.threads} threads); the sampled frames need {encode_s:.1f} s "
-        f"= {duration / encode_s:.2f}x real time"
-    )
+    rates = {}
+    for choice in ["auto"] + ([args.compare] if args.compare != "none" else []):
+        how = tl.encoder_precision(run, choice)
+        encode_frames(clip, pixels[:8], batch_size=8)  # warm-up
+        t0 = time.perf_counter()
+        encode_frames(clip, pixels, batch_size=64)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates[choice] = fps_encode = 64 / (time.perf_counter() - t0)
+        encode_s = len(sampled) / fps_encode
+        print(
+            f"encode only, {how}: {fps_encode:.1f} frames/s ({args.threads} threads); the sampled frames need "
+            f"{encode_s:.1f} s = {duration / encode_s:.2f}x real time"
+        )
+    if len(rates) == 2:
+        print(f"encode only: auto / {args.compare} = {rates['auto'] / rates[args.compare]:.2f}x")
     del run, clip
 
-    # End to end in a child process, as a user runs it, so its peak RSS is the timeline's alone; first on the
+    # End to end in a child process, as a user runs it, so its peak memory is the timeline's alone; first on the
     # video's first 10 s, so the peaks show whether memory grows with the video's length.
     short = work / f"face-{args.width}x{args.height}-{args.fps}fps-{10 * args.fps}.mp4"
     if not short.exists():
         frames = face_scene(np.ascontiguousarray(data.astronaut()), 10 * args.fps, args.width, args.height)
         write_video_pts(short, frames, (round(i * 1000 / args.fps) for i in range(10 * args.fps)), codec="libx264")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    runs = [("10 s", short, "auto"), (f"{duration:.0f} s", video, "auto")]
+    if args.compare != "none":
+        runs.append((f"{duration:.0f} s {args.compare}", video, args.compare))
     peaks, results = {}, {}
-    for name, path in (("10 s", short), (f"{duration:.0f} s", video)):
-        command = [sys.executable, "-m", "tgdfer", "timeline", str(path), "--run", str(run_dir), "--json"]
-        command += ["--out", str(work / "out"), "--device", str(device), "--face-crop", "--set", "log_every=60"]
+    for name, path, precision in runs:
+        out_dir = work / f"out-{precision}"
+        command = [sys.executable, "-c", _CHILD, "timeline", str(path), "--run", str(run_dir), "--json"]
+        command += ["--out", str(out_dir), "--device", str(device), "--face-crop", "--set", "log_every=60"]
+        command += ["--set", f"precision={precision}"]
         t0 = time.perf_counter()
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            child = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
-            child.returncode = os.waitstatus_to_exitcode(status)
-            wall = time.perf_counter() - t0
-            out.seek(0), err.seek(0)
-            stdout, stderr = out.read(), err.read()
+        child = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        stderr, _, peak = child.stderr.rstrip().rpartition("\n")
         print(stderr.strip())
-        if child.returncode != 0:
-            raise SystemExit(f"timeline failed ({child.returncode})")
-        peaks[name] = usage.ru_maxrss / 1024  # Linux: kB
-        results[name] = (json.loads(stdout)[0], wall)
+        if child.returncode != 0 or not peak.startswith("VmHWM"):
+            raise SystemExit(f"timeline failed ({child.returncode}): {peak}")
+        peaks[name] = int(peak.split()[1]) / 1024  # kB
+        results[name] = (json.loads(child.stdout)[0], wall)
     result, wall = results[f"{duration:.0f} s"]
     print(tl.format_summary(result))
     t = result["seconds"]
@@ -141,13 +162,53 @@ def main() -> None:
         f"{t['faces']:.1f} s, model {t['model']:.1f} s, everything else (start-up, decoding, crops, files) "
         f"{rest - t['faces'] - t['model']:.1f} s"
     )
-    at = 9.9  # frames/s: the issue's measurement of this encoder on 2 idle CPU threads
-    projected = duration / (rest + t["encoded_frames"] / at)
+    if args.compare != "none":
+        other, other_wall = results[f"{duration:.0f} s {args.compare}"]
+        o = other["seconds"]
+        print(
+            f"end to end, encoder in {args.compare}: {other_wall:.1f} s = {duration / other_wall:.2f}x real time "
+            f"(encoder {o['encoder']:.1f} s, {o['encoded_frames'] / o['encoder']:.1f} frames/s); default / "
+            f"{args.compare}: {other_wall / wall:.2f}x the speed"
+        )
+        print(_difference(result["csv"], other["csv"], args.compare))
     print(
-        f"projection at the issue's {at} frames/s encoder (2 idle threads; this run's {fps:.1f}): "
-        f"{projected:.2f}x real time; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; peak RSS (VmHWM) of the timeline "
+        "process: " + ", ".join(f"{v:.0f} MB on {k} of video" for k, v in peaks.items())
     )
-    print("peak RSS of the timeline process: " + ", ".join(f"{v:.0f} MB on {k} of video" for k, v in peaks.items()))
+
+
+# The child: the CLI as `python -m tgdfer` runs it, then its own peak resident memory on stderr's last line.
+_CHILD = (
+    "import sys\n"
+    "from tgdfer.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')]\n"
+    "print(' '.join(peak[0].split()) if peak else 'no VmHWM', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _difference(default_csv: str, other_csv: str, other: str) -> str:
+    """How far the default run's window probabilities lie from the other precision's, on the windows both give."""
+    with open(default_csv, newline="") as f:
+        a = list(csv.DictReader(f))
+    with open(other_csv, newline="") as f:
+        b = list(csv.DictReader(f))
+    assert len(a) == len(b) and [r["status"] for r in a] == [r["status"] for r in b], "rows differ"
+    from tgdfer.apps.timeline import FIXED_COLUMNS
+
+    names = [c for c in a[0] if c not in FIXED_COLUMNS]
+    ok = [i for i, r in enumerate(a) if r["status"] == "ok"]
+    pa = np.array([[float(a[i][n]) for n in names] for i in ok])  # (W, C)
+    pb = np.array([[float(b[i][n]) for n in names] for i in ok])
+    diff = np.abs(pa - pb)
+    changed = sum(a[i]["top"] != b[i]["top"] for i in ok)
+    margin = np.array([float(b[i]["margin"]) for i in ok])
+    return (
+        f"window probabilities, default vs {other} encoder, {len(ok)} windows with a face, {len(names)} classes: max "
+        f"|diff| {diff.max():.2e}, mean {diff.mean():.2e}; top class changed in {changed} ({changed / len(ok):.1%}); "
+        f"{other} top-2 margins: median {np.median(margin):.2e}, min {margin.min():.2e}"
+    )
 
 
 if __name__ == "__main__":

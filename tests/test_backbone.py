@@ -75,3 +75,48 @@ def test_an_installed_pkg_resources_is_used_not_shadowed(tmp_path):
     )
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+
+
+def test_loader_builds_the_module_clip_build_model_builds(tiny_clip_path, tiny_clip_torchscript):
+    """load_clip's meta-device build gives build_model's weights, dtypes and hash, and a working text tower (its
+    causal mask is rebuilt off the meta device), from both file formats."""
+    from tgdfer.backbone import _build, _clip_package
+
+    reference = _clip_package().model.build_model(torch.load(tiny_clip_path, weights_only=True))
+    want = {k: v.clone() for k, v in reference.state_dict().items()}
+    sha = weights_sha256(reference)
+    built = _build(torch.load(tiny_clip_path, weights_only=True))
+    got = built.state_dict()
+    assert sorted(got) == sorted(want)
+    assert {got[k].dtype for k in want} == {torch.float16, torch.float32}  # build_model's mix, not all fp32
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    assert weights_sha256(built) == sha
+    assert not any(t.is_meta for t in [*built.parameters(), *built.buffers()])
+    tokens = tokenize(["a face showing happiness.", "x"])
+    text = reference.float().encode_text(tokens)
+    for path in (tiny_clip_path, tiny_clip_torchscript):
+        clip = load_clip(str(path))
+        assert clip.sha256 == sha
+        assert torch.equal(clip.model.encode_text(tokens), text)
+
+
+def test_image_tower_cast_keeps_layernorms_fp32_and_dropping_text_keeps_dim(tiny_clip_path):
+    from tgdfer.backbone import cast_image_tower, drop_text_tower
+
+    ref = load_clip(str(tiny_clip_path))
+    clip = load_clip(str(tiny_clip_path))
+    cast_image_tower(clip.model, torch.bfloat16)
+    visual = clip.model.visual
+    assert clip.dtype == torch.bfloat16 and visual.proj.dtype == torch.bfloat16
+    assert visual.transformer.resblocks[0].attn.in_proj_weight.dtype == torch.bfloat16
+    assert visual.ln_pre.weight.dtype == visual.ln_post.weight.dtype == torch.float32
+    assert clip.model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32  # the text tower untouched
+    x = torch.randn(4, 3, 224, 224)
+    a, b = ref.encode_images(x), clip.encode_images(x).float()
+    assert b.dtype == torch.float32 and 0 < (a - b).abs().max() < 0.05 * a.abs().max()
+    before = sum(p.numel() for p in clip.model.parameters())
+    drop_text_tower(clip.model)
+    text = sum(p.numel() for p in ref.model.transformer.parameters()) + ref.model.token_embedding.weight.numel()
+    assert sum(p.numel() for p in clip.model.parameters()) == before - text
+    assert clip.dim == ref.dim and clip.context_length == 77
+    assert torch.equal(clip.encode_images(x), clip.encode_images(x))

@@ -123,6 +123,35 @@ class FrozenClip:
         return self.model.encode_image(pixels.to(device=self.device, dtype=self.dtype))
 
 
+def cast_image_tower(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """CLIP's image tower (``model.visual``) with its conv, linear, attention and projection weights in ``dtype``,
+    as ``clip.model.convert_weights`` does for fp16: the LayerNorms stay fp32 (CLIP's LayerNorm computes in fp32
+    and casts back, and CPU layer_norm refuses an fp32 input with bf16/fp16 weights); embeddings are cast to the
+    activations' dtype by CLIP's forward. Images then go in as ``dtype`` (``FrozenClip.dtype`` follows conv1)."""
+    visual = model.visual
+    for layer in visual.modules():
+        tensors = []
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            tensors = [layer.weight, layer.bias]
+        elif isinstance(layer, nn.MultiheadAttention):
+            names = [*(f"{s}_proj_weight" for s in ("in", "q", "k", "v")), "in_proj_bias", "bias_k", "bias_v"]
+            tensors = [getattr(layer, name) for name in names]
+        tensors.append(getattr(layer, "proj", None))
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                tensor.data = tensor.data.to(dtype)
+    return model
+
+
+def drop_text_tower(model: nn.Module) -> nn.Module:
+    """Free CLIP's text transformer and token embedding (ViT-B/32: 63 M parameters, 253 MB in fp32) for a caller
+    that has encoded all its text; ``encode_text`` no longer works. ``positional_embedding`` and
+    ``text_projection`` stay (``FrozenClip.context_length`` and ``dim`` read them; 0.3 M parameters)."""
+    model.transformer = None
+    model.token_embedding = None
+    return model
+
+
 def available_models() -> list[str]:
     return list(_clip_package().available_models())
 
@@ -149,13 +178,15 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    clip = _clip_package()
     if _is_torchscript(path):
-        # OpenAI's own files. clip.load reads them and rebuilds an nn.Module through build_model.
+        # OpenAI's own files. Their weights, read as clip.load(jit=False) reads them; clip.load would then also
+        # build a module from them (a second copy) that load_clip builds anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch deprecates jit.load; the archives stay as they are
-            model, _ = clip.load(str(path), device="cpu", jit=False)
-        return model.state_dict()
+            try:
+                return torch.jit.load(str(path), map_location="cpu").eval().state_dict()
+            except RuntimeError as exc:
+                raise ClipLoadError(f"{path}: expected a CLIP TorchScript archive, could not read it: {exc}") from exc
     # A state_dict file. clip.load cannot read these in openai-clip 1.0.1: its failed torch.jit.load consumes
     # the open file before torch.load reads it (EOFError), so we read the dict ourselves.
     try:
@@ -170,6 +201,33 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
         found = sorted(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
         raise ClipLoadError(f"{path}: expected a CLIP state_dict with 'text_projection', found {found}")
     return obj
+
+
+def _build(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """The module ``clip.model.build_model(state_dict)`` returns (same weights, dtypes, hash), without its peak.
+
+    build_model makes a randomly initialised fp32 CLIP and copies the weights into it, so two full copies live
+    at once (ViT-B/32: 2 x 605 MB beside the file's). Here that skeleton is built on the meta device (no memory),
+    which also gives each tensor the dtype build_model gives it (its ``convert_weights`` rounds conv, linear,
+    attention and projection weights to fp16); then each tensor of ``state_dict``, rounded to that dtype, is
+    assigned in place of the skeleton's, and ``state_dict`` is emptied as it goes so each source tensor can be
+    freed once converted.
+    """
+    clip = _clip_package()
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", UserWarning)  # copying into meta parameters does nothing, as wanted here
+        skeleton = clip.model.build_model(dict(state_dict))  # also its checks: an unknown key raises
+    dtypes = {key: t.dtype for key, t in skeleton.state_dict().items()}
+    weights = {}
+    for key in list(state_dict):
+        tensor = state_dict.pop(key)
+        if key in dtypes:  # build_model drops input_resolution, context_length, vocab_size
+            weights[key] = tensor.to(dtypes[key])
+    skeleton.load_state_dict(weights, strict=True, assign=True)
+    mask = skeleton.build_attention_mask()  # the text blocks' causal mask was made on the meta device
+    for block in skeleton.transformer.resblocks:
+        block.attn_mask = mask
+    return skeleton.eval()
 
 
 def _download(name: str, download_root: str | None) -> nn.Module:
@@ -204,7 +262,7 @@ def load_clip(
     if source in clip.available_models():
         model = _download(source, download_root)
     elif path.is_file():
-        model = clip.model.build_model(_state_dict_from_file(path))
+        model = _build(_state_dict_from_file(path))
     else:
         raise ClipLoadError(
             f"--clip: expected one of {clip.available_models()} or a path to a checkpoint file, found {source!r}"

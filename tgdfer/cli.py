@@ -401,6 +401,9 @@ def timeline(
     batch_frames: Annotated[
         int | None, typer.Option(help=f"Frames per encoder call ({_default(TimelineConfig, 'batch_frames')})")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Image encoder: auto (bf16 on a CPU with AMX) | fp32 | fp16 | bf16")
+    ] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
     set_: Sets = None,
 ) -> None:
