@@ -307,9 +307,11 @@ def test_face_cropped_window_equals_predict_on_its_crops(tmp_path, trained, astr
 
 
 def test_bf16_encoder_stays_within_the_stated_tolerance_of_fp32(tmp_path, trained, astronaut):
-    """The bf16 image encoder (auto's choice on a CPU with AMX) moves no window probability by more than 0.01 from
-    the fp32 encoder's on the tiny CLIP (measured: 1.1e-4 at most; README gives ViT-B/32's), and it does move
-    them: the encoder really ran in bf16. Rows, statuses and face fractions are those of fp32."""
+    """The bf16 image encoder (auto's choice on a CPU with AMX) moves no window probability by more than 0.1 from
+    the fp32 encoder's on the tiny CLIP, and it does move them: the encoder really ran in bf16. Rows, statuses and
+    face fractions are those of fp32. Measured with the two-stream model (issue 11): 1.79e-2 at most, 5.7e-3 on
+    average (the frame stream scores single centred frames at tau = 0.01; the temporal-only model moved them by
+    1.1e-4 at most). README gives ViT-B/32's."""
     n = 25 * 8
     video = write_video_pts(
         tmp_path / "face.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / 25) for i in range(n))
@@ -328,7 +330,7 @@ def test_bf16_encoder_stays_within_the_stated_tolerance_of_fp32(tmp_path, traine
     a = np.array([[float(rows["fp32"][i][c]) for c in NAMES] for i in ok])  # (W, C)
     b = np.array([[float(rows["bf16"][i][c]) for c in NAMES] for i in ok])
     print(f"bf16 vs fp32: max |diff| {np.abs(a - b).max():.2e}, mean {np.abs(a - b).mean():.2e}")
-    assert 0 < np.abs(a - b).max() < 0.01
+    assert 0 < np.abs(a - b).max() < 0.1
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(tmp_path, trained, monkeypatch):
@@ -351,7 +353,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
     video = write_video_pts(
         tmp_path / "talk.mkv", face_scene(astronaut, n, 160, 120), (round(i * 1000 / fps) for i in range(n))
     )
-    cfg = _cfg(trained, tmp_path / "full", face_crop=True, batch_frames=8, batch_windows=1)
+    # fp32: bit-equal rows. In bf16 (auto's choice on a CPU with AMX) the encoder's kernels depend on the batch
+    # size, which a resume shifts: resumed rows then differ in the 6th decimal (measured 1e-6)
+    cfg = _cfg(trained, tmp_path / "full", face_crop=True, batch_frames=8, batch_windows=1, precision="fp32")
     full = _rows(tl.timeline([str(video)], cfg)[0]["csv"])
     assert len(full) == 9 and all(r["status"] == "ok" for r in full)
 
@@ -364,7 +368,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
             raise KeyboardInterrupt  # Ctrl-C in the middle of the video
         return real(*args, **kwargs)
 
-    part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8, batch_windows=1)
+    part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8, batch_windows=1, precision="fp32")
     monkeypatch.setattr(tl, "predict_features", crash)
     with pytest.raises(KeyboardInterrupt):
         tl.timeline([str(video)], part)
@@ -376,7 +380,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
     with open(csv_path, "a") as f:
         f.write("4.000,6.000,5.0")  # a row cut short by a hard kill: dropped on resume
 
-    changed = tl.timeline([str(video)], _cfg(trained, tmp_path / "part", face_crop=True, stride="2s", resume=True))[0]
+    changed = tl.timeline([str(video)], dataclass_replace(part, stride="2s", resume=True))[0]
     assert not changed["ok"]
     assert changed["error"] == (
         f"--resume: expected the settings of the interrupted run of {video}, found changes (stride_s 1.0 -> 2.0): "
