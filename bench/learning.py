@@ -12,8 +12,9 @@ reports test WAR and UAR; the influence hit rate (the frame of highest influence
 true burst; chance is about 0.22); Table 6's WAR when re-predicting from the 1 highest- and the 1 lowest-influence
 frame (only those frames reach every module). Beside them: linear probes on mean- and max-pooled features.
 
-    python bench/learning.py                                  # default sizes: a few minutes on 2 CPU cores
-    python bench/learning.py --readings default,mil-mean --seeds 1,2,3 --clips 2000 --epochs 20
+    python bench/learning.py                      # --readings main (3 readings x 3 seeds): about 7 min, 2 CPU cores
+    python bench/learning.py --readings all       # every reading: about 25 min on 1 core
+    python bench/learning.py --readings default,temporal-topk --seeds 1,2,3,4,5,6 --clips 2000 --epochs 20
 
 Targets for the default over >= 3 seeds (issue 11): WAR >= best pooled probe + 5; hit rate >= 0.8;
 highest-1 WAR >= lowest-1 WAR + 15.
