@@ -520,3 +520,14 @@ def test_saved_features_are_refused_when_they_do_not_fit(tmp_path, trained):
         "clip_sha256"
     )
     assert results[2]["error"] == f"--save-features: expected a video, found saved features {saved} (they are saved)"
+
+
+def test_plot_rows_tile_the_video():
+    """The plot gives each row the time between the midpoints of neighbouring window centres, from 0 to the end:
+    2 s windows every 1 s over 6.4 s (the last window clipped) tile [0, 6.4] with no gap."""
+    from tgdfer.plots import row_bounds
+
+    starts = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    ends = np.array([2.0, 3.0, 4.0, 5.0, 6.0, 6.4])
+    assert row_bounds(starts, ends).tolist() == pytest.approx([0.0, 1.5, 2.5, 3.5, 4.5, 5.35, 6.4])
+    assert row_bounds(np.array([0.0]), np.array([1.2])).tolist() == [0.0, 1.2]

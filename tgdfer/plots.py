@@ -196,6 +196,15 @@ def influence_png(
     return _save(fig, path, dpi=_DPI)  # no bbox_inches="tight": the size stays influence_png_size(T)
 
 
+def row_bounds(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(W,) window starts and ends (s) -> (W+1,) the stretch of time each timeline row stands for: from the
+    video's start to midway between its window's centre and the next, ..., to the video's end, so the rows' spans
+    tile the video without gap or overlap although the windows overlap."""
+    starts, ends = np.asarray(starts, float), np.asarray(ends, float)
+    centres = (starts + ends) / 2
+    return np.concatenate([[starts[0]], (centres[1:] + centres[:-1]) / 2, [ends[-1]]])
+
+
 def timeline_png(
     starts: np.ndarray,
     ends: np.ndarray,
@@ -216,7 +225,7 @@ def timeline_png(
     names = list(class_names)
     starts, ends, ok = np.asarray(starts, float), np.asarray(ends, float), np.asarray(ok, bool)
     centres = (starts + ends) / 2
-    step = float(np.median(np.diff(starts))) if len(starts) > 1 else float(ends[0] - starts[0])
+    bounds = row_bounds(starts, ends)  # (W+1,)
     colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors[: len(names)]
     minutes = ends[-1] > 300  # long videos read better in minutes
     scale = 60.0 if minutes else 1.0
@@ -229,7 +238,7 @@ def timeline_png(
             ax.plot(centres / scale, smoothed[:, c], color=colours[c], lw=1.8, label=name)
         else:
             ax.plot(centres / scale, probs[:, c], color=colours[c], lw=1.4, label=name)
-    # grey spans over consecutive windows without a face, one stride wide per window
+    # grey spans over consecutive windows without a face, each window's own stretch of time (``bounds``)
     w = 0
     while w < len(ok):
         if ok[w]:
@@ -238,7 +247,7 @@ def timeline_png(
         first = w
         while w < len(ok) and not ok[w]:
             w += 1
-        lo, hi = centres[first] - step / 2, centres[w - 1] + step / 2
+        lo, hi = bounds[first], bounds[w]
         for axis in (ax, strip):
             axis.axvspan(lo / scale, hi / scale, color="0.85", zorder=0, lw=0)
     ax.set_ylim(0, 1)
@@ -249,8 +258,8 @@ def timeline_png(
     source = smoothed if smoothed is not None else probs
     top = np.where(ok, np.nan_to_num(source, nan=-1.0).argmax(1), len(names)).astype(float)[None, :]  # (1, W)
     cmap = ListedColormap([*colours, (0.85, 0.85, 0.85)])
-    extent = ((centres[0] - step / 2) / scale, (centres[-1] + step / 2) / scale, 0, 1)
-    strip.imshow(top, cmap=cmap, vmin=-0.5, vmax=len(names) + 0.5, aspect="auto", extent=extent, interpolation="none")
+    strip.pcolormesh(bounds / scale, [0.0, 1.0], top, cmap=cmap, vmin=-0.5, vmax=len(names) + 0.5)
+    strip.set_ylim(0, 1)
     strip.set_yticks([0.5], ["top"])
     strip.set_xlabel("time (min)" if minutes else "time (s)")
     ax.set_xlim(starts[0] / scale, ends[-1] / scale)

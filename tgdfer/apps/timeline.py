@@ -908,7 +908,10 @@ def _one_video(
                 names,
                 files["png"],
                 smoothed=smoothed,
-                title=f"{Path(path).name}: run {Path(cfg.run).name}, {window_s:g} s windows every {stride_s:g} s",
+                title=(
+                    f"{Path(header['video']).name}: run {Path(cfg.run).name}, {window_s:g} s windows every "
+                    f"{stride_s:g} s"
+                ),
             )
         )
     seconds["total"] = time.perf_counter() - started  # from the decoding pass to the plot
