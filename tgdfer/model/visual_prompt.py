@@ -61,5 +61,9 @@ class VisualPrompt(nn.Module):
 
     def plain(self, xfp: torch.Tensor, xcp: torch.Tensor) -> torch.Tensor:
         """X^FP (C, D), X^CP (C, D) -> (C, D) the labels without any video's context: MLP(X^FP) + X^CP."""
-        hat = xfp if self.placement != "prepend" else torch.cat([torch.zeros_like(xfp), xfp], dim=-1)
-        return self.mlp(hat) + xcp
+        return self.mlp(plain_input(xfp, self.placement)) + xcp
+
+
+def plain_input(xfp: torch.Tensor, placement: str) -> torch.Tensor:
+    """The Eq. 10 MLP's input with no visual context: X^FP (..., D), or [0 ; X^FP] (..., 2D) for "prepend"."""
+    return xfp if placement != "prepend" else torch.cat([torch.zeros_like(xfp), xfp], dim=-1)

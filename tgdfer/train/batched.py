@@ -42,6 +42,7 @@ from tgdfer.features.cache import FeatureCache, load_cache
 from tgdfer.model.influence import scaled_cosine
 from tgdfer.model.mil import aggregate
 from tgdfer.model.network import FROZEN_PREFIX, TGDFER, count_parameters
+from tgdfer.model.visual_prompt import plain_input
 from tgdfer.train.engine import _epoch_line, _resume, epoch_generator, evaluate, finish_run, make_optimizer
 from tgdfer.train.runs import RunDir, build_model, cache_identity, save_checkpoint
 from tgdfer.train.splits import FoldData, fold_data, train_feature_mean
@@ -194,8 +195,8 @@ def batched_forward(
         xv = x - cfg.frame_centre * x.mean(2, keepdim=True) if cfg.frame_centre > 0 else x
         xf = torch.matmul(xv, p["frame.weight"].transpose(1, 2)[:, None].to(xv.dtype))  # (R, B, T, D)
         if cfg.frame_labels == "plain":  # MLP(X^FP) + X^CP, no video's context
-            plain = xfp if vp_cfg.placement != "prepend" else torch.cat([torch.zeros_like(xfp), xfp], dim=-1)
-            labels = (_mlp(plain.to(xi.dtype), p) + xcp.to(xi.dtype))[:, None].expand(r, b, -1, -1)
+            plain = _mlp(plain_input(xfp, vp_cfg.placement).to(xi.dtype), p) + xcp.to(xi.dtype)  # (R, C, D)
+            labels = plain[:, None].expand(r, b, -1, -1)
         scores = scaled_cosine(xf, labels, cfg.tau)  # (R, B, T, C)
         weight_logits = scaled_cosine(xf, xfp[:, None], 1.0) / attn_tau
         bags.append(
