@@ -32,7 +32,7 @@ import numpy as np
 from tgdfer import __version__
 from tgdfer.atomic import committed, remove_stale_temporaries
 from tgdfer.backbone import load_clip
-from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord, _csv_classes, read_csv
+from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord, csv_classes, read_csv
 from tgdfer.data.video import VIDEO_EXTENSIONS
 from tgdfer.errors import ConfigError, FeatureImportError
 from tgdfer.features.cache import shard_dir, shard_path
@@ -277,7 +277,7 @@ def import_arrays(
             f"expected a label for every feature array and no other, found a mismatch for {missing[:5]}"
         )
     # the CSV reader's rules: canonical names sorted, a typo of another label or of an emotion name refused
-    class_names, index, _ = _csv_classes([(k + 1, labels[i]) for k, i in enumerate(ids)], None, Path("labels"))
+    class_names, index, _ = csv_classes([(k + 1, labels[i]) for k, i in enumerate(ids)], None, Path("labels"))
     roles = {"train": TRAIN, "test": TEST}
     membership = np.zeros((len(ids), 1), np.int8)
     for k, i in enumerate(ids):
