@@ -42,13 +42,13 @@ def _disk(entry: Path) -> int:
 
 
 def _annotations(n: int, rng: np.random.Generator, folds: int = 1):
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
 
     labels = rng.integers(0, 7, n)
     clips = tuple(ClipRecord(f"{c:05d}", int(labels[c]), f"generated/{c:05d}") for c in range(n))
     names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n, len(names)), np.int8)
-    membership[np.arange(n), np.arange(n) % len(names)] = 2
+    membership = np.full((n, len(names)), TRAIN, np.int8)
+    membership[np.arange(n), np.arange(n) % len(names)] = TEST
     return Annotations(
         "synthetic",
         ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"),

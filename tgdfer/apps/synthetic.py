@@ -449,7 +449,7 @@ def _write_generated(
     """A views cache of generated clips at ``path``: ``shard_features(rows)`` gives the (len(rows) * (1 + views),
     T, D) float16 features of consecutive clip rows (per clip: its test view, then its train views); clip k is in
     the test set of fold k % folds. Shard by shard, so a large cache never sits in memory whole."""
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
     from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
 
@@ -457,8 +457,8 @@ def _write_generated(
     n_clips, per_clip = len(labels), 1 + views
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
-    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2  # ... but in the test set of one
+    membership = np.full((n_clips, len(split_names)), TRAIN, dtype=np.int8)  # train everywhere ...
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = TEST  # ... but in the test set of one
     annotations = Annotations(dataset, tuple(classes), split_names, clips, membership, ())
     files = []
     for k, start in enumerate(range(0, n_clips, shard_clips)):
@@ -514,7 +514,7 @@ def write_frame_feature_cache(
     (``intensity_curve``: an apex stretch, neutral elsewhere) plus fresh per-frame noise, in every pass. Clip k is
     in the test set of fold k % folds. Returns the (n_c, passes, D) float32 features of every clip.
     """
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
     from tgdfer.features.cache import shard_path
     from tgdfer.features.frames import (
         AUGMENTED_PASS,
@@ -537,8 +537,8 @@ def write_frame_feature_cache(
         clip_feats.append((base + signal * curve * prototypes[labels[c]]).astype(np.float32))
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)
-    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2
+    membership = np.full((n_clips, len(split_names)), TRAIN, dtype=np.int8)
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = TEST
     annotations = Annotations("synthetic", tuple(classes), split_names, clips, membership, ())
     kind = np.array([PLAIN_PASS] + [AUGMENTED_PASS] * (passes - 1), np.int8)
     files = []
