@@ -146,9 +146,9 @@ def test_demo_clips_keep_their_class_through_a_tiny_random_clip(tiny_clip):
     import torch
 
     from tgdfer.apps.demo import DemoConfig
-    from tgdfer.apps.synthetic import make_clip
     from tgdfer.data.preprocess import clip_view, normalize
     from tgdfer.labels import CLASS_NAMES
+    from tgdfer.testing.synthetic import make_clip
 
     rng = np.random.default_rng(0)
     frames, labels = [], []

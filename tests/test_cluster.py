@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, LauncherConfig, SweepConfig
 from tgdfer.errors import ConfigError, TrainingError
@@ -27,6 +26,7 @@ from tgdfer.extract import extract, shard_block
 from tgdfer.features.cache import load_cache, shard_dir
 from tgdfer.sweep.launchers import _chunks, _executor, _Task
 from tgdfer.sweep.runner import run_table
+from tgdfer.testing.synthetic import write_feature_cache
 
 FAST = ("train.epochs=2", "train.batch_size=16")
 # The array tasks as processes on this machine: CPU only, one core (and so one torch thread) each.

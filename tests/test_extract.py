@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import make_clip, make_dfew_tree, write_frame_folder
 from tgdfer.config import ExtractConfig
 from tgdfer.data.datasets import TEST, AnnotationError
 from tgdfer.data.preprocess import clip_view, normalize
@@ -21,6 +20,7 @@ from tgdfer.data.sampling import TEST_VIEW, centre_indices
 from tgdfer.data.video import list_frames
 from tgdfer.extract import ExtractError, extract
 from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
 
 
 def _cfg(root, out, clip, **kw):
@@ -216,7 +216,7 @@ def test_two_ranks_write_the_same_features_as_one(dfew_root, tiny_clip_path, tmp
 
 
 def test_csv_dataset_with_videos_and_folders(tmp_path, tiny_clip_path):
-    from tgdfer.apps.synthetic import make_csv_dataset
+    from tgdfer.testing.synthetic import make_csv_dataset
 
     csv_path = make_csv_dataset(
         tmp_path / "own", per_class=2, classes=("happiness", "sadness"), frames=(12, 20), size=64, videos=True

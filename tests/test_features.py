@@ -4,10 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.data.datasets import TEST
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
 from tgdfer.features.cache import CacheError, load_cache, shard_dir
+from tgdfer.testing.synthetic import write_feature_cache
 
 
 @pytest.fixture()

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from tgdfer.apps.info import info
-from tgdfer.apps.synthetic import make_clip, make_csv_dataset, write_feature_cache, write_video
 from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
 from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.errors import ExtractError
@@ -24,6 +23,7 @@ from tgdfer.features.cache import _entry_digest, load_cache
 from tgdfer.plots import confusion_cells, influence_png, influence_png_size
 from tgdfer.progress import Progress
 from tgdfer.sweep.tables import TABLES, render
+from tgdfer.testing.synthetic import make_clip, make_csv_dataset, write_feature_cache, write_video
 from tgdfer.train.engine import fit
 
 CLASSES = ("sad", "surprise", "happy")  # as a user writes them; they fold to sadness, surprise, happiness

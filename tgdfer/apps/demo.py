@@ -12,7 +12,7 @@ means nothing for real faces.
 The drawn expressions alone move about 1% of a tiny random CLIP's feature variance, so a demo on them ended at
 chance (WAR 14.3 of 7 classes) and showed a pipeline that cannot learn. The generated clips therefore also carry a
 large class-coloured stripe pattern over the face, as strong as the expression's intensity (``DemoConfig.cue``,
-``synthetic.make_clip``): the class lives only in the clip's expression frames, as in DFEW, and even random
+``testing.synthetic.make_clip``): the class lives only in the clip's expression frames, as in DFEW, and even random
 weights keep it, so the demo shows stage 2 learning from clip labels.
 """
 
@@ -77,7 +77,7 @@ def choose_clip(cfg: DemoConfig, out: Path, log=print) -> tuple[str, str]:
 
 def _held_out_videos(root: Path, seed: int, cue: float) -> list[Path]:
     """Two clips no run has seen, as .mp4 videos: what `tgdfer predict` is for."""
-    from tgdfer.apps.synthetic import make_clip, write_video
+    from tgdfer.testing.synthetic import make_clip, write_video
 
     rng = np.random.default_rng(seed + 1)
     return [
@@ -88,9 +88,9 @@ def _held_out_videos(root: Path, seed: int, cue: float) -> list[Path]:
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     from tgdfer.apps.predict import explain, format_predictions, predict
-    from tgdfer.apps.synthetic import make_csv_dataset
     from tgdfer.config import ExtractConfig, PredictConfig, RunConfig
     from tgdfer.extract import extract
+    from tgdfer.testing.synthetic import make_csv_dataset
     from tgdfer.train.engine import fit
 
     started = time.perf_counter()
