@@ -426,12 +426,7 @@ def extract(cfg: ExtractConfig) -> dict:
 
 
 def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
-    me = ranks()
-    if cfg.frames < 1 or cfg.views < 0 or cfg.shard_clips < 1 or cfg.batch_size < 1:
-        raise ExtractError(
-            f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
-            f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
-        )
+    me = ranks()  # frames, views, shard_clips and batch_size were checked by ExtractConfig itself
     if cfg.frames_mode == "views" and (cfg.max_frames or cfg.passes):
         raise ExtractError(
             f"max_frames and passes apply to a per-frame cache only: expected --frames all with them, found "

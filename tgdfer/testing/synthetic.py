@@ -395,12 +395,7 @@ def write_burst_cache(
         length = int(rng.integers(burst[0], burst[1] + 1))
         start = int(rng.integers(0, frames - length + 1))
         strength = signal * rng.uniform(0.7, 1.3)
-        other = None
-        if rng.random() < distractors:  # a shorter, weaker burst of another class, not touching the true one
-            d_len = int(rng.integers(1, 3))
-            free = [s for s in range(frames - d_len + 1) if s + d_len < start - 1 or s > start + length]
-            if free:
-                other = (int(rng.choice(free)), d_len, int((labels[c] + rng.integers(1, n_cls)) % n_cls))
+        other = _distractor(rng, start, length, frames, int(labels[c]), n_cls) if rng.random() < distractors else None
         for v in range(per_clip):
             shift = 0 if v == 0 else int(rng.integers(-1, 2))  # train views: segment offsets move frames a bit
             s0 = min(max(start + shift, 0), frames - length)
@@ -429,6 +424,18 @@ def write_burst_cache(
         settings,
     )
     return {"burst": true.reshape(-1, frames), "distractor": decoy.reshape(-1, frames), "labels": labels}
+
+
+def _distractor(
+    rng: np.random.Generator, start: int, length: int, frames: int, label: int, n_cls: int
+) -> tuple[int, int, int] | None:
+    """(start, length, class) of a shorter burst (1-2 frames) of another class than ``label``, apart from the true
+    burst at ``start`` of ``length`` frames; None when no place is free."""
+    d_len = int(rng.integers(1, 3))
+    free = [s for s in range(frames - d_len + 1) if s + d_len < start - 1 or s > start + length]
+    if free:
+        return (int(rng.choice(free)), d_len, int((label + rng.integers(1, n_cls)) % n_cls))
+    return None
 
 
 def _write_generated(
