@@ -80,6 +80,19 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[Import]:
     return found
 
 
+def missing_modules(module: str, path: Path, known: dict[str, Path]) -> list[str]:
+    """Imports of a ``tgdfer`` module that does not exist (one moved or renamed), lazy ones included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        found += [
+            f"{module}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "tgdfer" and n not in known
+        ]
+    return found
+
+
 def _dotted(node: ast.expr) -> str | None:
     """``a.b.c`` of a chain of names and attributes, else None."""
     if isinstance(node, ast.Name):
@@ -203,6 +216,11 @@ def test_nothing_outside_training_and_sweeps_imports_the_trainer():
     assert users == ["tgdfer.api", "tgdfer.apps.demo", "tgdfer.cli"]  # fit(), the demo's model, the CLI's train
 
 
+def test_every_import_of_the_package_names_a_module_that_exists():
+    known = modules(REPO, CHECKED)
+    assert [hit for name, path in known.items() for hit in missing_modules(name, path, known)] == []
+
+
 def test_no_import_cycles_not_even_through_lazy_imports():
     assert cycles(import_graph(modules(REPO, CHECKED))) == []
 
@@ -244,6 +262,12 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
         "tgdfer.c:6 reaches tgdfer.sub.a._hidden",
     ]
     assert private_reach_ins("tgdfer.sub.a", known["tgdfer.sub.a"], known) == []  # its own names are its own
+    assert missing_modules("tgdfer.c", known["tgdfer.c"], known) == []
+    (pkg / "e.py").write_text("def f():\n    from tgdfer.gone import x\n    import tgdfer.sub.gone\n")
+    assert missing_modules("tgdfer.e", pkg / "e.py", known) == [
+        "tgdfer.e:2 imports tgdfer.gone",
+        "tgdfer.e:3 imports tgdfer.sub.gone",
+    ]
     assert long_functions(known, MAX_FUNCTION_LINES) == ["tgdfer.c:7 long has 81 lines"]
 
 
