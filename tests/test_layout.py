@@ -7,6 +7,7 @@ part in an import cycle, not even through a lazy import; no module reaches into 
 """
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,11 @@ class Import:
     line: int
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -64,7 +70,7 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[Import]:
     """Every import of a module of ``known`` in the file, wherever it stands (top level or inside a function)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             found += [Import(a.name, None, node.lineno) for a in node.names if a.name in known]
         elif isinstance(node, ast.ImportFrom):
@@ -83,7 +89,7 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[Import]:
 def missing_modules(module: str, path: Path, known: dict[str, Path]) -> list[str]:
     """Imports of a ``tgdfer`` module that does not exist (one moved or renamed), lazy ones included."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_tree(path)):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
         if isinstance(node, ast.ImportFrom) and not node.level and node.module:
             names = [node.module]
@@ -111,7 +117,7 @@ def private_reach_ins(module: str, path: Path, known: dict[str, Path]) -> list[s
     for imp in imports(module, path, known):
         if imp.name is not None and _is_private(imp.name) and imp.target != module:
             found.append(f"{module}:{imp.line} imports {imp.target}.{imp.name}")
-    tree = ast.parse(path.read_text())
+    tree = _tree(path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -183,7 +189,7 @@ def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
 def long_functions(known: dict[str, Path], limit: int) -> list[str]:
     found = []
     for name, path in known.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > limit:
