@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.backbone import load_clip, save_random_clip
 from tgdfer.config import SweepConfig
 from tgdfer.devices import resolve_device
 from tgdfer.sweep.runner import run_table
 from tgdfer.sweep.tables import TABLES
+from tgdfer.testing.synthetic import write_feature_cache
 
 DFEW_CLIPS, PAPER_EPOCHS = 11_697, 50
 

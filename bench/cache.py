@@ -9,7 +9,7 @@
    the device bytes of each cache. Target: per-epoch sampling within 10% of fixed views.
 3. Test WAR of 4 fixed views vs fresh per-epoch samples of the same clips, over seeds: per-frame features with the
    class signal over an apex stretch of each clip and fresh noise in every frame
-   (``tgdfer.apps.synthetic.write_frame_feature_cache``); the view cache is cut from those very frames (test view
+   (``tgdfer.testing.synthetic.write_frame_feature_cache``); the view cache is cut from those very frames (test view
    = segment centres, 4 train views = random frame per segment, stage 1's rules), so both runs test on identical
    inputs and differ only in how many temporal samples training sees. No spatial augmentation on either side.
 
@@ -42,13 +42,13 @@ def _disk(entry: Path) -> int:
 
 
 def _annotations(n: int, rng: np.random.Generator, folds: int = 1):
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
 
     labels = rng.integers(0, 7, n)
     clips = tuple(ClipRecord(f"{c:05d}", int(labels[c]), f"generated/{c:05d}") for c in range(n))
     names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n, len(names)), np.int8)
-    membership[np.arange(n), np.arange(n) % len(names)] = 2
+    membership = np.full((n, len(names)), TRAIN, np.int8)
+    membership[np.arange(n), np.arange(n) % len(names)] = TEST
     return Annotations(
         "synthetic",
         ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"),
@@ -155,9 +155,9 @@ def _sync(device: torch.device) -> None:
 
 
 def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.device, repeats: int, overrides) -> None:
-    from tgdfer.apps.synthetic import write_feature_cache, write_frame_feature_cache
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
+    from tgdfer.testing.synthetic import write_feature_cache, write_frame_feature_cache
     from tgdfer.train.engine import epoch_generator, make_optimizer, train_one_epoch
     from tgdfer.train.runs import build_model, cache_identity
     from tgdfer.train.splits import fold_data
@@ -211,9 +211,9 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
 
 
 def learning(work: Path, clip_file: Path, clip, args) -> None:
-    from tgdfer.apps.synthetic import write_frame_feature_cache
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
+    from tgdfer.testing.synthetic import write_frame_feature_cache
     from tgdfer.train.engine import fit
 
     rows = []

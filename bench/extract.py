@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 
 
 def main() -> None:
-    from tgdfer.apps.synthetic import make_dfew_tree
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import AugmentConfig, ExtractConfig
     from tgdfer.data.views import ClipJob, ClipViews, decode_workers, encode_frames, worker_init
     from tgdfer.devices import resolve_device, resolve_dtype
     from tgdfer.extract import extract
+    from tgdfer.testing.synthetic import make_dfew_tree
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -107,7 +107,7 @@ def judge(box, truth, shape) -> str:
 
 
 def main() -> None:
-    from tgdfer.faces import DetectorConfig, FaceCropper, FaceDetector, FaceTracker
+    from tgdfer.data.faces import DetectorConfig, FaceCropper, FaceDetector, FaceTracker
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=60, help="frames per portrait")
@@ -191,7 +191,7 @@ def main() -> None:
         name = f"FaceCropper.crop_clip, {'Haar' if backend == 'haar' else 'BlazeFace'} (16 sampled frames a portrait)"
         print(f"| {name} | {v.count('found')} of {len(v)} | {v.count('wrong')} | | {cpu_best:.1f} | {wall_best:.1f} |")
 
-    # The two detectors' default crops on the upright astronaut: how much they overlap (FRAMING in tgdfer/faces.py).
+    # The two detectors' default crops on the upright astronaut: how much they overlap (data/faces.py's FRAMING).
     image = portraits()[0][0]
     squares = []
     for backend in ("haar", "blazeface"):

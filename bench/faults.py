@@ -123,9 +123,9 @@ def main() -> None:
     p.add_argument("--work", default=None, help="folder for the generated data (default: a temporary one)")
     args = p.parse_args()
 
-    from tgdfer.apps.synthetic import make_dfew_tree
     from tgdfer.backbone import save_random_clip
     from tgdfer.features.cache import shard_dir
+    from tgdfer.testing.synthetic import make_dfew_tree
 
     rng = random.Random(args.seed)
     work = Path(args.work or tempfile.mkdtemp(prefix="tgdfer-faults-"))

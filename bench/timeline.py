@@ -42,11 +42,11 @@ def main() -> None:
     from skimage import data
 
     from tgdfer.apps import timeline as tl
-    from tgdfer.apps.synthetic import face_scene, write_feature_cache, write_video_pts
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.data.views import encode_frames
     from tgdfer.devices import resolve_device
+    from tgdfer.testing.synthetic import face_scene, write_feature_cache, write_video_pts
     from tgdfer.train.engine import fit
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -121,7 +121,7 @@ def _memory(work: Path, clip_file: Path, sizes: list[int]) -> None:
     here = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), env.get("PYTHONPATH")]))
     generate = (
-        "import sys; from tgdfer.backbone import load_clip; from tgdfer.apps.synthetic import write_feature_cache; "
+        "import sys; from tgdfer.backbone import load_clip; from tgdfer.testing.synthetic import write_feature_cache; "
         "c = load_clip(sys.argv[2]); write_feature_cache(sys.argv[1], sys.argv[2], c.sha256, n_clips=int(sys.argv[3]), "
         "dim=c.dim, views=4, shard_clips=1024)"
     )
@@ -156,12 +156,12 @@ def _memory(work: Path, clip_file: Path, sizes: list[int]) -> None:
 
 
 def main() -> None:
-    from tgdfer.apps.synthetic import write_feature_cache
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.data.preprocess import normalize
     from tgdfer.devices import autocast, resolve_device
     from tgdfer.features.cache import load_cache
+    from tgdfer.testing.synthetic import write_feature_cache
     from tgdfer.train.engine import make_optimizer, train_one_epoch
     from tgdfer.train.runs import build_model, cache_identity
     from tgdfer.train.splits import fold_data

@@ -37,7 +37,7 @@ def tiny_clip(tiny_clip_path):
 @pytest.fixture(scope="session")
 def dfew_root(tmp_path_factory) -> Path:
     """A DFEW-shaped tree of 12 generated clips (10-40 frames of 96x96), five folds."""
-    from tgdfer.apps.synthetic import make_dfew_tree
+    from tgdfer.testing.synthetic import make_dfew_tree
 
     return make_dfew_tree(tmp_path_factory.mktemp("dfew"), 12, frames=(10, 40), size=96, seed=0)
 
@@ -45,7 +45,7 @@ def dfew_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory, tiny_clip_path, tiny_clip):
     """A generated stage-1 cache (240 clips, signal in 3 of 16 frames) and its (V, T) signal mask."""
-    from tgdfer.apps.synthetic import write_feature_cache
+    from tgdfer.testing.synthetic import write_feature_cache
 
     path = tmp_path_factory.mktemp("cache") / "gen.h5"
     mask = write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=240, views=3, seed=0)

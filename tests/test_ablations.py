@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.config import SweepConfig
 from tgdfer.sweep.runner import parse_folds, parse_seeds
 from tgdfer.sweep.runner import run_table as _run_table
 from tgdfer.sweep.tables import TABLES
+from tgdfer.testing.synthetic import write_feature_cache
 
 FAST = ["train.epochs=1", "train.batch_size=16"]
 

@@ -48,9 +48,9 @@ def test_the_readme_example_runs(tmp_path, tiny_clip_path, monkeypatch, capsys):
 
 def test_predict_features_refuses_another_shape(tmp_path, tiny_clip_path, tiny_clip):
     import tgdfer
-    from tgdfer.apps.synthetic import write_feature_cache
     from tgdfer.backbone import load_clip
     from tgdfer.errors import ConfigError
+    from tgdfer.testing.synthetic import write_feature_cache
 
     sha = load_clip(str(tiny_clip_path)).sha256
     path = tmp_path / "g.h5"

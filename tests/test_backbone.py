@@ -80,12 +80,12 @@ def test_an_installed_pkg_resources_is_used_not_shadowed(tmp_path):
 def test_loader_builds_the_module_clip_build_model_builds(tiny_clip_path, tiny_clip_torchscript):
     """load_clip's meta-device build gives build_model's weights, dtypes and hash, and a working text tower (its
     causal mask is rebuilt off the meta device), from both file formats."""
-    from tgdfer.backbone import _build, _clip_package
+    from tgdfer.backbone import build_clip, clip_package
 
-    reference = _clip_package().model.build_model(torch.load(tiny_clip_path, weights_only=True))
+    reference = clip_package().model.build_model(torch.load(tiny_clip_path, weights_only=True))
     want = {k: v.clone() for k, v in reference.state_dict().items()}
     sha = weights_sha256(reference)
-    built = _build(torch.load(tiny_clip_path, weights_only=True))
+    built = build_clip(torch.load(tiny_clip_path, weights_only=True))
     got = built.state_dict()
     assert sorted(got) == sorted(want)
     assert {got[k].dtype for k in want} == {torch.float16, torch.float32}  # build_model's mix, not all fp32

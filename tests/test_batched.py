@@ -178,8 +178,8 @@ def test_ablate_batches_runs_of_one_shape_and_no_batch_keeps_the_old_path(featur
 
 
 def test_cli_batch_flag_batches_and_the_default_trains_one_by_one(tmp_path, tiny_clip_path, tiny_clip, monkeypatch):
-    from tgdfer.apps.synthetic import write_feature_cache
     from tgdfer.cli import main
+    from tgdfer.testing.synthetic import write_feature_cache
 
     path = tmp_path / "c.h5"
     write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, views=1, folds=2)

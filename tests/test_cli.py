@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from tgdfer.cli import main
@@ -95,6 +96,21 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "absent" in capsys.readouterr().err
 
 
+def test_defaults_that_depend_on_other_settings_live_in_the_config():
+    """The CLI only maps flags: ``--frames all`` (with ``--views`` as passes) and the default paths are the config's."""
+    from tgdfer.config import ExtractConfig, RunConfig
+    from tgdfer.errors import ConfigError
+
+    every = ExtractConfig("dfew", "r", frames="all", views=3)
+    assert (every.frames_mode, every.frames, every.views, every.passes) == ("all", 16, 4, 3)
+    assert ExtractConfig("dfew", "r", frames=" ALL ") == ExtractConfig("dfew", "r", frames_mode="all")
+    assert ExtractConfig("csv", "r", frames="8").frames == 8 and ExtractConfig("csv", "r").out == "cache/csv.h5"
+    with pytest.raises(ConfigError, match="--frames: expected a number of frames or 'all', found 'lots'"):
+        ExtractConfig("dfew", "r", frames="lots")
+    assert RunConfig(features="x/own.h5", fold="all").out == "cache/runs/own-foldall"
+    assert RunConfig(out="elsewhere").out == "elsewhere" and RunConfig().out == "cache/runs/dfew-fold1"
+
+
 def test_demo_runs_with_a_tiny_clip(tmp_path, tiny_clip_path, capsys):
     assert (
         main(
@@ -130,9 +146,9 @@ def test_demo_clips_keep_their_class_through_a_tiny_random_clip(tiny_clip):
     import torch
 
     from tgdfer.apps.demo import DemoConfig
-    from tgdfer.apps.synthetic import make_clip
     from tgdfer.data.preprocess import clip_view, normalize
     from tgdfer.labels import CLASS_NAMES
+    from tgdfer.testing.synthetic import make_clip
 
     rng = np.random.default_rng(0)
     frames, labels = [], []

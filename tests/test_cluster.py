@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, LauncherConfig, SweepConfig
 from tgdfer.errors import ConfigError, TrainingError
-from tgdfer.extract import _block, extract
+from tgdfer.extract import extract, shard_block
 from tgdfer.features.cache import load_cache, shard_dir
 from tgdfer.sweep.launchers import _chunks, _executor, _Task
 from tgdfer.sweep.runner import run_table
+from tgdfer.testing.synthetic import write_feature_cache
 
 FAST = ("train.epochs=2", "train.batch_size=16")
 # The array tasks as processes on this machine: CPU only, one core (and so one torch thread) each.
@@ -257,16 +257,16 @@ def test_array_blocks_are_contiguous_and_cover_every_shard(capsys):
     for n_shards in (1, 4, 7, 10):
         for tasks in (1, 2, 3, 5):
             blocks = [
-                _block(ExtractConfig("dfew", "r", array_task=i, array_tasks=tasks), n_shards) for i in range(tasks)
+                shard_block(ExtractConfig("dfew", "r", array_task=i, array_tasks=tasks), n_shards) for i in range(tasks)
             ]
             assert [k for b in blocks for k in b] == list(range(n_shards))
             assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
-    assert [list(_block(ExtractConfig("dfew", "r", array_task=i, array_tasks=3), 10)) for i in range(3)] == [
+    assert [list(shard_block(ExtractConfig("dfew", "r", array_task=i, array_tasks=3), 10)) for i in range(3)] == [
         [0, 1, 2],
         [3, 4, 5],
         [6, 7, 8, 9],
     ]
-    assert list(_block(ExtractConfig("dfew", "r", shard_range="2:5"), 4)) == [2, 3]
+    assert list(shard_block(ExtractConfig("dfew", "r", shard_range="2:5"), 4)) == [2, 3]
     with pytest.raises(ConfigError, match=r"^shard_range: expected A:B with 0 <= A < B, e.g. 0:40, found '5:2'$"):
         ExtractConfig("dfew", "r", shard_range="5:2")
     with pytest.raises(ConfigError, match=r"^array_task: expected 0 <= array_task < array_tasks=2, .* found 2$"):

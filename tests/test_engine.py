@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.config import RunConfig, apply_overrides
 from tgdfer.errors import TrainingError
 from tgdfer.features.cache import CacheError, load_cache
 from tgdfer.model.inference import predict_features as predict_views
+from tgdfer.testing.synthetic import write_feature_cache
 from tgdfer.train.engine import fit, fit_folds
 from tgdfer.train.splits import fold_data
 
@@ -35,7 +35,7 @@ def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, ti
     differed in one seed only (WAR 81.2 vs 80.0). Chance: WAR 14.3, hit rate about 0.22 (the burst's share of
     frames). The bars sit far below every run: WAR 35, hit rate 0.5, highest-1 minus lowest-1 30.
     """
-    from tgdfer.apps.synthetic import write_burst_cache
+    from tgdfer.testing.synthetic import write_burst_cache
     from tgdfer.train.engine import evaluate
     from tgdfer.train.runs import load_run
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import make_clip, make_dfew_tree, write_frame_folder
 from tgdfer.config import ExtractConfig
-from tgdfer.data.datasets import AnnotationError
+from tgdfer.data.datasets import TEST, AnnotationError
 from tgdfer.data.preprocess import clip_view, normalize
 from tgdfer.data.sampling import TEST_VIEW, centre_indices
 from tgdfer.data.video import list_frames
 from tgdfer.extract import ExtractError, extract
 from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
 
 
 def _cfg(root, out, clip, **kw):
@@ -43,7 +43,7 @@ def test_extract_writes_the_cache_contract(dfew_root, tiny_clip_path, tiny_clip,
     assert summary["totals"]["clips"] == 12 and summary["totals"]["failures"] == 0
     assert cache.features.shape == (36, 16, tiny_clip.dim)  # 12 clips x (1 test + 2 train views), once each
     assert len(set(cache.clip_ids)) == 12  # the five folds share one pool
-    assert (cache.membership == 2).sum(0).tolist() == [3, 3, 2, 2, 2]
+    assert (cache.membership == TEST).sum(0).tolist() == [3, 3, 2, 2, 2]
     for key in (
         "clip_model",
         "clip_sha256",
@@ -216,7 +216,7 @@ def test_two_ranks_write_the_same_features_as_one(dfew_root, tiny_clip_path, tmp
 
 
 def test_csv_dataset_with_videos_and_folders(tmp_path, tiny_clip_path):
-    from tgdfer.apps.synthetic import make_csv_dataset
+    from tgdfer.testing.synthetic import make_csv_dataset
 
     csv_path = make_csv_dataset(
         tmp_path / "own", per_class=2, classes=("happiness", "sadness"), frames=(12, 20), size=64, videos=True
@@ -238,4 +238,4 @@ def test_csv_dataset_with_videos_and_folders(tmp_path, tiny_clip_path):
     )
     cache = load_cache(tmp_path / "own.h5")
     assert len(cache.clip_ids) == 5 and cache.failures == ()
-    assert cache.split_names == ("default",) and (cache.membership[:, 0] == 2).sum() == 2
+    assert cache.split_names == ("default",) and (cache.membership[:, 0] == TEST).sum() == 2

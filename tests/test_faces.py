@@ -57,14 +57,19 @@ def _place(portrait, background, centre, height, angle=0.0, flip=False):
     return frame, np.array(centre, float), float(height)
 
 
+def _centre(box, shape) -> np.ndarray:
+    """(x, y) pixel centre of a relative (x, y, w, h) box in a frame of ``shape``."""
+    h, w = shape[:2]
+    return np.array([(box[0] + box[2] / 2) * w, (box[1] + box[3] / 2) * h])
+
+
 def _on_face(box, shape, centre, height) -> bool:
     """The box is the face's: centre within 0.3 face heights, side 0.4-1.5 of the height."""
     if box is None:
         return False
     h, w = shape[:2]
-    c = np.array([(box[0] + box[2] / 2) * w, (box[1] + box[3] / 2) * h])
     side = max(box[2] * w, box[3] * h)
-    return bool(np.linalg.norm(c - centre) < 0.3 * height and 0.4 * height < side < 1.5 * height)
+    return bool(np.linalg.norm(_centre(box, shape) - centre) < 0.3 * height and 0.4 * height < side < 1.5 * height)
 
 
 # Detection
@@ -164,12 +169,12 @@ def test_smoothing_damps_jitter_but_not_a_jump(astronaut, scene, blaze):
     frames = [_place(astronaut, scene, (240 + dx, 160 + dy), 120)[0] for dx, dy in jitter]
     raw = FaceTracker(blaze, TrackConfig(smooth=1.0))
     smooth = FaceTracker(blaze, TrackConfig(smooth=0.4))
-    raw_c = np.array([faces_module._centre_px(raw.update(f).box, f.shape) for f in frames])
-    smooth_c = np.array([faces_module._centre_px(smooth.update(f).box, f.shape) for f in frames])
+    raw_c = np.array([_centre(raw.update(f).box, f.shape) for f in frames])
+    smooth_c = np.array([_centre(smooth.update(f).box, f.shape) for f in frames])
     assert np.diff(smooth_c, axis=0).std() < 0.8 * np.diff(raw_c, axis=0).std()
     moved, centre, height = _place(astronaut, scene, (300, 160), 120)  # half a face side: past `jump`, within `match`
     box = smooth.update(moved).box
-    assert np.linalg.norm(faces_module._centre_px(box, moved.shape) - centre) < 0.1 * height  # no lag behind it
+    assert np.linalg.norm(_centre(box, moved.shape) - centre) < 0.1 * height  # no lag behind it
 
 
 def test_a_face_that_leaves_and_returns(astronaut, scene, blaze):

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from tgdfer.apps.synthetic import make_clip, make_dfew_tree, write_frame_folder
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, RunConfig, SweepConfig
 from tgdfer.data.video import FrameFolder
@@ -28,6 +27,7 @@ from tgdfer.features import cache as cache_mod
 from tgdfer.features.cache import load_cache, read_shard, shard_dir, shard_path, verify_cache, write_shard
 from tgdfer.locks import acquire, lock_path
 from tgdfer.sweep.runner import run_table
+from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
 from tgdfer.train.engine import fit
 from tgdfer.train.runs import load_run
 
@@ -276,7 +276,7 @@ def _rewrite_shard(entry: Path, k: int, change) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_features_are_reported_at_their_view(value, tmp_path, tiny_clip_path, tiny_clip, capsys):
-    from tgdfer.apps.synthetic import write_feature_cache
+    from tgdfer.testing.synthetic import write_feature_cache
 
     cache = tmp_path / "gen.h5"
     write_feature_cache(cache, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=2, shard_clips=20)

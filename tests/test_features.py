@@ -4,9 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from tgdfer.apps.synthetic import write_feature_cache
+from tgdfer.data.datasets import TEST
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
 from tgdfer.features.cache import CacheError, load_cache, shard_dir
+from tgdfer.testing.synthetic import write_feature_cache
 
 
 @pytest.fixture()
@@ -22,8 +23,8 @@ def test_round_trip_layout(small_cache):
     assert (cache.view_kind == TEST_VIEW).sum() == 20 and (cache.view_kind == TRAIN_VIEW).sum() == 40
     assert cache.membership.shape == (20, 5) and cache.split_names == tuple(f"fold{k}" for k in range(1, 6))
     for k in range(5):  # each clip tested in exactly one fold, trained on in the others
-        assert set(np.flatnonzero(cache.membership[:, k] == 2) % 5) == {k}
-    assert (cache.membership == 2).sum(1).tolist() == [1] * 20
+        assert set(np.flatnonzero(cache.membership[:, k] == TEST) % 5) == {k}
+    assert (cache.membership == TEST).sum(1).tolist() == [1] * 20
     by_clip = cache.views_by_clip(TRAIN_VIEW)
     assert all(len(v) == 2 for v in by_clip.values()) and len(by_clip) == 20
     with h5py.File(small_cache) as f:

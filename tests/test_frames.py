@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from tgdfer.apps.info import info
-from tgdfer.apps.synthetic import write_frame_feature_cache
 from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
-from tgdfer.data.datasets import Annotations, ClipRecord
+from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
 from tgdfer.data.sampling import centre_indices, every_frame_indices, segment_bounds, tsn_positions
 from tgdfer.errors import CacheError, TrainingError
 from tgdfer.extract import extract
 from tgdfer.features.cache import load_cache, shard_dir, shard_path
 from tgdfer.features.frames import FrameCache, FrameShardData, write_frame_entry, write_frame_shard
+from tgdfer.testing.synthetic import write_frame_feature_cache
 from tgdfer.train.engine import epoch_generator, fit
 from tgdfer.train.splits import fold_data, train_feature_mean
 
@@ -62,7 +62,7 @@ def test_layout_round_trip(tmp_path):
     assert np.array_equal(cache.timestamps_ms[~np.isnan(times)], times[~np.isnan(times)])
     assert cache.pass_kind.tolist() == [0, 1] and list(cache.clip_ids) == [c.id for c in clips]
     assert cache.labels.tolist() == [0, 1, 2, 0, 1] and cache.split_names == ("default",)
-    assert cache.clips_in(0, 2).tolist() == [1, 4]
+    assert cache.clips_in(0, TEST).tolist() == [1, 4]
     with h5py.File(entry) as f:
         assert f["features"].is_virtual and f["features"].shape == (261, 2, 8)
     with h5py.File(files[0]) as f:
@@ -149,7 +149,7 @@ def test_each_epoch_draws_a_fresh_sample_that_repeats_for_its_seed(frame_cache):
     assert not torch.equal(first, draw(0, 4)) and not torch.equal(first, draw(1, 3))
     assert (first % 3 != 0).all()  # train samples come from the augmented passes only
     frames = first // 3
-    train = cache.clips_in(cache.split_index("2"), 1)
+    train = cache.clips_in(cache.split_index("2"), TRAIN)
     for row, c in enumerate(train):
         start, n = cache.offsets[c], int(cache.counts[c])
         pos = frames[row].numpy() - start
@@ -248,7 +248,7 @@ def test_ablate_table6_runs_on_a_frame_cache(frame_cache, tmp_path):
 
 
 def test_every_frame_extraction_skips_and_records_bad_clips(tmp_path, tiny_clip_path):
-    from tgdfer.apps.synthetic import make_dfew_tree
+    from tgdfer.testing.synthetic import make_dfew_tree
 
     root = make_dfew_tree(tmp_path / "d", 6, frames=(10, 14), size=64)
     for f in (root / "Clip" / "clip_224x224" / "00002").iterdir():
@@ -262,7 +262,7 @@ def test_every_frame_extraction_skips_and_records_bad_clips(tmp_path, tiny_clip_
 
 
 def test_video_clips_get_timestamps_from_the_frame_rate(tmp_path, tiny_clip_path):
-    from tgdfer.apps.synthetic import make_csv_dataset
+    from tgdfer.testing.synthetic import make_csv_dataset
 
     csv_path = make_csv_dataset(
         tmp_path / "v", 1, classes=("happiness", "sadness"), frames=(9, 12), size=64, videos=True

@@ -9,6 +9,7 @@ import pytest
 
 from tgdfer.apps.import_features import import_arrays
 from tgdfer.cli import main
+from tgdfer.data.datasets import TEST
 from tgdfer.features.cache import load_cache, shard_dir
 from tgdfer.features.frames import FrameCache
 
@@ -157,5 +158,7 @@ def test_arrays_in_memory_normalised_input_is_stated(tmp_path, tiny_clip_path):
     assert result["normalised"] is True and "L2-normalised input detected" in lines[-1]
     cache = load_cache(tmp_path / "m.h5")
     assert cache.class_names == ("happiness", "pain") and cache.attrs["input_normalised"] is True
-    assert (cache.membership[:, 0] == 2).sum() == 4 and cache.counts.tolist() == [len(feats[k]) for k in sorted(feats)]
+    assert (cache.membership[:, 0] == TEST).sum() == 4 and cache.counts.tolist() == [
+        len(feats[k]) for k in sorted(feats)
+    ]
     assert np.isnan(cache.timestamps_ms).all()

@@ -15,14 +15,15 @@ import pytest
 from PIL import Image
 
 from tgdfer.apps.info import info
-from tgdfer.apps.synthetic import make_clip, make_csv_dataset, write_feature_cache, write_video
 from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
+from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.errors import ExtractError
 from tgdfer.extract import extract, settings_diff
 from tgdfer.features.cache import _entry_digest, load_cache
 from tgdfer.plots import confusion_cells, influence_png, influence_png_size
 from tgdfer.progress import Progress
 from tgdfer.sweep.tables import TABLES, render
+from tgdfer.testing.synthetic import make_clip, make_csv_dataset, write_feature_cache, write_video
 from tgdfer.train.engine import fit
 
 CLASSES = ("sad", "surprise", "happy")  # as a user writes them; they fold to sadness, surprise, happiness
@@ -72,7 +73,7 @@ def test_own_csv_extracts_its_classes_splits_and_faces(own):
     col, labels = cache.membership[:, 0], cache.labels
     # per class: round(0.2 n) test clips (n = 6, 5, 5 -> 1 each), then round(0.25 of the rest) val (5, 4, 4 -> 1)
     for c, train in ((0, 4), (1, 3), (2, 3)):
-        assert [int(((col == role) & (labels == c)).sum()) for role in (1, 3, 2)] == [train, 1, 1]
+        assert [int(((col == role) & (labels == c)).sum()) for role in (TRAIN, VAL, TEST)] == [train, 1, 1]
     wall = list(cache.clip_ids).index("clips/wall.mp4")
     for clip in range(16):  # distinct frames sampled over the test view and the train view
         frames = cache.view_frames[cache.view_clip == clip]
@@ -107,7 +108,7 @@ def test_validation_is_scored_every_epoch_and_the_final_epoch_reported(tmp_path,
     write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=2)
     with h5py.File(path, "r+") as f:  # fold 1: even clips test, odd ones train; 10 of those become val
         membership = f["clips/membership"][()]
-        membership[1:20:2, 0] = 3
+        membership[1:20:2, 0] = VAL
         f["clips/membership"][...] = membership
         f.attrs["entry_digest"] = _entry_digest(f)  # re-seal the edited entry, as write_entry would
     lines = []

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from tgdfer.apps.predict import PredictError, explain, format_predictions, predict, preprocessing
-from tgdfer.apps.synthetic import make_clip, make_csv_dataset, write_frame_folder, write_video
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, apply_overrides
 from tgdfer.data.sampling import SAMPLING_RULE, TEST_VIEW, centre_indices
 from tgdfer.errors import ConfigError, RunError
@@ -26,6 +25,7 @@ from tgdfer.extract import extract
 from tgdfer.features.cache import load_cache
 from tgdfer.model.inference import predict_features as predict_views
 from tgdfer.plots import influence_png_size
+from tgdfer.testing.synthetic import make_clip, make_csv_dataset, write_frame_folder, write_video
 from tgdfer.train.engine import fit
 from tgdfer.train.runs import load_run
 

@@ -30,10 +30,10 @@ def test_truncated_text_tower_is_exact_for_vitb32(vitb32):
 
 @pytest.mark.slow
 def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
-    from tgdfer.apps.synthetic import make_dfew_tree
     from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
     from tgdfer.extract import extract
     from tgdfer.features.cache import load_cache
+    from tgdfer.testing.synthetic import make_dfew_tree
     from tgdfer.train.engine import fit
 
     root = make_dfew_tree(tmp_path / "d", 10, frames=(20, 30), size=224)

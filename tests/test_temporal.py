@@ -23,7 +23,9 @@ def test_merge_mean_averages_covering_windows_and_first_takes_the_first():
 
 
 def test_uncovered_frames_keep_their_input():
-    net = MultiGrainedTemporal(16, 32, 1, 0, window=5, stride=3, merge="mean", heads=4, ffn_mult=2, dropout=0.0)
+    net = MultiGrainedTemporal(
+        16, 32, fine_depth=1, coarse_depth=0, window=5, stride=3, merge="mean", heads=4, ffn_mult=2, dropout=0.0
+    )
     assert window_starts(16, 5, 3) == [0, 3, 6, 9]  # frames 14 and 15 are in no window
     x = torch.randn(2, 16, 32)
     fine = net.fine(x)
@@ -32,7 +34,9 @@ def test_uncovered_frames_keep_their_input():
 
 @pytest.mark.parametrize(("fine", "coarse"), [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (7, 1)])
 def test_every_table3_depth_builds_and_keeps_shapes(fine, coarse):
-    net = MultiGrainedTemporal(16, 32, fine, coarse, window=4, stride=1, merge="mean", heads=8, ffn_mult=4, dropout=0.1)
+    net = MultiGrainedTemporal(
+        16, 32, fine_depth=fine, coarse_depth=coarse, window=4, stride=1, merge="mean", heads=8, ffn_mult=4, dropout=0.1
+    )
     assert (net.fine is None) == (fine == 0) and (net.coarse is None) == (coarse == 0)
     assert net.fc.in_features == 32 * max(1, (fine > 0) + (coarse > 0))
     if fine:
@@ -41,7 +45,9 @@ def test_every_table3_depth_builds_and_keeps_shapes(fine, coarse):
 
 
 def test_no_stride_means_non_overlapping_windows():
-    net = MultiGrainedTemporal(16, 32, 1, 0, window=4, stride=0, merge="mean", heads=4, ffn_mult=2, dropout=0.0)
+    net = MultiGrainedTemporal(
+        16, 32, fine_depth=1, coarse_depth=0, window=4, stride=0, merge="mean", heads=4, ffn_mult=2, dropout=0.0
+    )
     assert net.fine.index.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
 
 
@@ -49,4 +55,6 @@ def test_bad_settings_say_what_was_expected():
     with pytest.raises(ValueError, match="expected 1 <= w <= T=16, found 20"):
         window_starts(16, 20, 1)
     with pytest.raises(ValueError, match="must divide by the head count"):
-        MultiGrainedTemporal(16, 30, 1, 1, 4, 1, "mean", heads=8, ffn_mult=2, dropout=0.0)
+        MultiGrainedTemporal(
+            16, 30, fine_depth=1, coarse_depth=1, window=4, stride=1, merge="mean", heads=8, ffn_mult=2, dropout=0.0
+        )

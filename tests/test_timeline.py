@@ -21,13 +21,13 @@ import pytest
 
 from tgdfer.apps import timeline as tl
 from tgdfer.apps.predict import predict
-from tgdfer.apps.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, TimelineConfig, apply_overrides
 from tgdfer.data.faces import FaceCropper
 from tgdfer.data.sampling import centre_indices
 from tgdfer.errors import ConfigError
 from tgdfer.extract import extract
+from tgdfer.testing.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
 from tgdfer.train.engine import fit
 
 CLASSES = ("happiness", "sadness", "surprise")

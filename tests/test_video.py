@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tgdfer.apps.synthetic import make_clip, write_frame_folder, write_video
 from tgdfer.data.video import ClipError, list_frames, open_clip_source, read_sampled
+from tgdfer.testing.synthetic import make_clip, write_frame_folder, write_video
 
 
 def test_frames_sort_numerically_and_other_files_are_ignored(tmp_path):

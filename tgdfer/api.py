@@ -98,7 +98,8 @@ def test_view_features(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray, lis
     """Every clip's test view: ((C, T, D) float16 features, (C,) int64 labels, C clip ids), in clip row order.
 
     "Test view" is the view kind (segment-centre frames, what evaluation and predict see), not the test split:
-    select a split's clips with ``cache.membership[:, split] == 2`` (1 train, 3 val) on the same rows.
+    select a split's clips with ``cache.membership[:, split] == TEST`` (or ``TRAIN``, ``VAL``: the membership codes
+    of ``tgdfer.data.datasets``) on the same rows.
     """
     by_clip = cache.views_by_clip(TEST_VIEW)
     rows = np.array([by_clip[c][0] for c in range(len(cache.clip_ids))], dtype=np.int64)

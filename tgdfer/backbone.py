@@ -58,7 +58,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def _clip_package() -> types.ModuleType:
+def clip_package() -> types.ModuleType:
     """Import OpenAI's ``clip`` package, whatever the installed setuptools.
 
     openai-clip 1.0.1 runs ``from pkg_resources import packaging`` at import, and setuptools 82 removed
@@ -153,7 +153,7 @@ def drop_text_tower(model: nn.Module) -> nn.Module:
 
 
 def available_models() -> list[str]:
-    return list(_clip_package().available_models())
+    return list(clip_package().available_models())
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -203,7 +203,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _build(state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def build_clip(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """The module ``clip.model.build_model(state_dict)`` returns (same weights, dtypes, hash), without its peak.
 
     build_model makes a randomly initialised fp32 CLIP and copies the weights into it, so two full copies live
@@ -213,7 +213,7 @@ def _build(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     assigned in place of the skeleton's, and ``state_dict`` is emptied as it goes so each source tensor can be
     freed once converted.
     """
-    clip = _clip_package()
+    clip = clip_package()
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore", UserWarning)  # copying into meta parameters does nothing, as wanted here
         skeleton = clip.model.build_model(dict(state_dict))  # also its checks: an unknown key raises
@@ -231,7 +231,7 @@ def _build(state_dict: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _download(name: str, download_root: str | None) -> nn.Module:
-    clip = _clip_package()
+    clip = clip_package()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # clip's urlopen has no timeout of its own; offline it would hang
     try:
@@ -254,7 +254,7 @@ def load_clip(
     download_root: str | None = None,
 ) -> FrozenClip:
     """Load frozen CLIP from a model name or checkpoint path; dtype defaults to fp16 on CUDA, fp32 on CPU."""
-    clip = _clip_package()
+    clip = clip_package()
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -262,7 +262,7 @@ def load_clip(
     if source in clip.available_models():
         model = _download(source, download_root)
     elif path.is_file():
-        model = _build(_state_dict_from_file(path))
+        model = build_clip(_state_dict_from_file(path))
     else:
         raise ClipLoadError(
             f"--clip: expected one of {clip.available_models()} or a path to a checkpoint file, found {source!r}"
@@ -275,14 +275,14 @@ def load_clip(
 
 def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
     """CLIP BPE tokens, (P, context_length) int64, with SOT first and EOT (the largest id) last."""
-    return _clip_package().tokenize(texts, context_length=context_length, truncate=True).long()
+    return clip_package().tokenize(texts, context_length=context_length, truncate=True).long()
 
 
 def random_clip(arch: str = "tiny", seed: int = 0) -> nn.Module:
     """A CLIP with the named architecture and random weights (tests, benchmarks, the offline demo)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch: expected one of {sorted(ARCHITECTURES)}, found {arch!r}")
-    clip = _clip_package()
+    clip = clip_package()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -26,7 +26,7 @@ from tgdfer.config import (
     TimelineConfig,
     apply_overrides,
 )
-from tgdfer.errors import ConfigError, TgdferError
+from tgdfer.errors import TgdferError
 
 app = typer.Typer(
     add_completion=False,
@@ -138,14 +138,7 @@ def extract(
     flags["classes"] = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes is not None else None
     from tgdfer.extract import extract as run_extract
 
-    flags["out"] = out or Path("cache") / f"{dataset}.h5"
-    if frames is not None and frames.strip().lower() == "all":
-        flags.update(frames=None, frames_mode="all", views=None, passes=views)  # --views K: K augmented passes
-    elif frames is not None:
-        if not frames.strip().isdigit():
-            raise ConfigError(f"--frames: expected a number of frames or 'all', found {frames!r}")
-        flags["frames"] = int(frames)
-    run_extract(_build(ExtractConfig, flags, set_))
+    run_extract(_build(ExtractConfig, flags, set_))  # --frames all, --views with it and the default --out: config
 
 
 # Where runs train (LauncherConfig; README "Cluster"), for `train` and `ablate`; --set launcher.<field>=... too.
@@ -195,8 +188,7 @@ def train(
         | {"mem_gb": slurm_mem_gb, "time_min": slurm_time, "max_parallel": slurm_max_parallel},
         set_,
     )
-    cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip}, set_)
-    cfg = dataclasses.replace(cfg, out=str(out or Path("cache/runs") / f"{Path(cfg.features).stem}-fold{cfg.fold}"))
+    cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip, "out": out}, set_)
     if where.kind == "slurm":
         from tgdfer.features.cache import folds_of
         from tgdfer.sweep.launchers import train_folds

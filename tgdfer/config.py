@@ -13,6 +13,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from tgdfer.errors import ConfigError
@@ -59,6 +60,16 @@ def _at_least(n):
     return lambda x: x >= n
 
 
+def _set(cfg: Any, **values: Any) -> None:
+    """Normalise fields of a frozen config in its ``__post_init__`` (a default that depends on other fields)."""
+    for name, value in values.items():
+        object.__setattr__(cfg, name, value)
+
+
+def _default_of(cfg: Any, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cfg) if f.name == name)
+
+
 def _shard_range_ok(text: str | None) -> bool:
     """None, or "A:B" with 0 <= A < B."""
     if text is None:
@@ -91,11 +102,15 @@ class ExtractConfig:
 
     dataset: Dataset  # dfew | ferv39k | mafw | csv: which annotation reader
     root: str  # dataset root folder
-    out: str = "cache/dfew.h5"  # entry file; shards go to <out stem>.shards/ beside it
+    out: str | None = None  # entry file; shards go to <out stem>.shards/ beside it; None: cache/<dataset>.h5, so
+    #                         each dataset gets its own cache without a flag
     annotations: str | None = None  # split files folder (or the CSV), when not at the dataset's usual place
     clip: str = "ViT-B/32"  # paper §3.2.1 backbone; a name clip can download, or a checkpoint path
-    frames: int = 16  # T, paper §4.2
-    views: int = 4  # augmented train views per clip, besides the one test view; stage 2 draws one per epoch
+    frames: int | str = 16  # T, paper §4.2; "all" (--frames all) is short for frames_mode "all" with T 16 (the T
+    #                         stage 2 samples), so one option names both layouts; text digits are T
+    views: int | None = None  # augmented train views per clip, besides the one test view; stage 2 draws one per
+    #                           epoch; None: 4. With frames "all" a number given here becomes ``passes`` (--views K
+    #                           with --frames all: K augmented passes) and views stays 4, so one flag serves both
     frames_mode: Literal["views", "all"] = "views"  # views: T-frame views (the design's cache) | all: every
     #                 frame once, a per-frame cache stage 2 draws a fresh T-frame sample from every epoch
     max_frames: int = 0  # frames_mode all: keep at most this many frames per clip, spread uniformly; 0: all
@@ -120,9 +135,22 @@ class ExtractConfig:
     array_tasks: int | None = None  # how many blocks the shards are cut into, e.g. $SLURM_ARRAY_TASK_COUNT
     classes: tuple[str, ...] | None = None  # csv: these classes in this order; None: the CSV's labels, sorted
     test_fraction: float = 0.2  # csv without a split column: share of each class held out for testing (seeded)
-    val_fraction: float = 0.0  # share of each split's train clips per class kept for validation (membership 3)
+    val_fraction: float = 0.0  # share of each split's train clips per class kept for validation (membership VAL)
 
     def __post_init__(self) -> None:
+        if isinstance(self.frames, str):  # "all", or T as text: what --frames takes
+            text = self.frames.strip().lower()
+            if text == "all":
+                given = {"passes": self.views} if self.views is not None else {}
+                _set(self, frames_mode="all", frames=_default_of(self, "frames"), views=None, **given)
+            elif text.isdigit():
+                _set(self, frames=int(text))
+            else:
+                raise ConfigError(f"--frames: expected a number of frames or 'all', found {self.frames!r}")
+        if self.views is None:
+            _set(self, views=4)  # 4 train views + the test view: 5 T-frame encodings a clip (80 frames at T 16)
+        if self.out is None:
+            _set(self, out=f"cache/{self.dataset}.h5")
         _checked(
             self,
             {
@@ -299,12 +327,17 @@ class RunConfig:
 
     features: str = "cache/dfew.h5"  # the stage-1 entry file
     fold: str = "1"  # DFEW/MAFW fold 1..5 (FERV39k and CSV caches have one split: 1)
-    out: str = "cache/runs/dfew-fold1"  # run directory
+    out: str | None = None  # run directory; None: cache/runs/<cache stem>-fold<fold>, one per cache and fold, so
+    #                         runs on different caches or folds never overwrite each other
     device: str = "auto"  # auto: CUDA when present, else CPU
     clip: str | None = None  # CLIP weights for the text tower; default: the ones the cache was made with
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            _set(self, out=str(Path("cache/runs") / f"{Path(self.features).stem}-fold{self.fold}"))
 
 
 @dataclass(frozen=True)
@@ -404,7 +437,8 @@ class TimelineConfig:
     stride: str = "1s"  # from one window's start to the next: one row per second, windows overlapping
     face_crop: bool | None = None  # None: as the run's cache was made (its recorded face_crop); a flag overrides
     face: int = 0  # which face to follow, by size at its first detection: 0 the largest, 1 the next, ...
-    detect_every: int = 4  # detect every k sampled frames and keep the box between (Haar costs 15-100 ms a frame)
+    detect_every: int = 4  # detect every k sampled frames and keep the box between (a detection: BlazeFace 16 ms,
+    #                         the Haar fallback 65 ms a frame; README's face table)
     min_face: float = 0.5  # share of a window's T frames that need a face, else its row is no_face
     smooth: Literal["none", "mean", "ema"] = "none"  # extra smoothed columns over windows; raw ones always stay
     smooth_windows: int = 5  # centred moving-average width, or EMA span (alpha = 2 / (span + 1)), in windows

@@ -178,7 +178,7 @@ def _plan_shards(
     """(shards this rank must encode, shards this rank finds already committed and sound); locks them in ``held``."""
     entry = Path(cfg.out)
     n_shards = max(1, math.ceil(n_clips / cfg.shard_clips))
-    mine = list(_block(cfg, n_shards)[me.rank :: me.world])
+    mine = list(shard_block(cfg, n_shards)[me.rank :: me.world])
     shard_dir(entry).mkdir(parents=True, exist_ok=True)
     whole = cfg.shard_range is None and cfg.array_tasks is None
     _lock_outputs(entry, mine, me, held, whole)
@@ -212,7 +212,7 @@ def _plan_shards(
     return todo, done
 
 
-def _block(cfg: ExtractConfig, n_shards: int) -> range:
+def shard_block(cfg: ExtractConfig, n_shards: int) -> range:
     """The shards this process (all its ranks) encodes: all, ``shard_range`` A:B, or array task i's of n blocks.
 
     Blocks are contiguous and differ by at most one shard; a block past the shard count is empty.
@@ -426,12 +426,7 @@ def extract(cfg: ExtractConfig) -> dict:
 
 
 def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
-    me = ranks()
-    if cfg.frames < 1 or cfg.views < 0 or cfg.shard_clips < 1 or cfg.batch_size < 1:
-        raise ExtractError(
-            f"expected frames >= 1, views >= 0, shard_clips >= 1, batch_size >= 1; found "
-            f"{cfg.frames}, {cfg.views}, {cfg.shard_clips}, {cfg.batch_size}"
-        )
+    me = ranks()  # frames, views, shard_clips and batch_size were checked by ExtractConfig itself
     if cfg.frames_mode == "views" and (cfg.max_frames or cfg.passes):
         raise ExtractError(
             f"max_frames and passes apply to a per-frame cache only: expected --frames all with them, found "
@@ -480,10 +475,10 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     if me.world > 1:
         torch.distributed.barrier()
     summary = dict(stats)
-    if me.rank == 0 and len(_block(cfg, n_shards)) < n_shards:  # one block of several: README "Cluster"
+    if me.rank == 0 and len(shard_block(cfg, n_shards)) < n_shards:  # one block of several: README "Cluster"
         totals = _write_when_complete(cfg, annotations, clip, settings, n_shards)
         summary.update(totals=totals, entry=cfg.out if totals else None)
-        secs, block = stats["seconds"], _block(cfg, n_shards)
+        secs, block = stats["seconds"], shard_block(cfg, n_shards)
         what = f"shards {block.start}..{block.stop - 1}" if block else "no shards (more blocks than shards)"
         held = f"; cache {cfg.out} holds {totals['clips']} clips" if totals else ""
         print(

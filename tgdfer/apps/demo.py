@@ -12,7 +12,7 @@ means nothing for real faces.
 The drawn expressions alone move about 1% of a tiny random CLIP's feature variance, so a demo on them ended at
 chance (WAR 14.3 of 7 classes) and showed a pipeline that cannot learn. The generated clips therefore also carry a
 large class-coloured stripe pattern over the face, as strong as the expression's intensity (``DemoConfig.cue``,
-``synthetic.make_clip``): the class lives only in the clip's expression frames, as in DFEW, and even random
+``testing.synthetic.make_clip``): the class lives only in the clip's expression frames, as in DFEW, and even random
 weights keep it, so the demo shows stage 2 learning from clip labels.
 """
 
@@ -77,7 +77,7 @@ def choose_clip(cfg: DemoConfig, out: Path, log=print) -> tuple[str, str]:
 
 def _held_out_videos(root: Path, seed: int, cue: float) -> list[Path]:
     """Two clips no run has seen, as .mp4 videos: what `tgdfer predict` is for."""
-    from tgdfer.apps.synthetic import make_clip, write_video
+    from tgdfer.testing.synthetic import make_clip, write_video
 
     rng = np.random.default_rng(seed + 1)
     return [
@@ -86,18 +86,8 @@ def _held_out_videos(root: Path, seed: int, cue: float) -> list[Path]:
     ]
 
 
-def run_demo(cfg: DemoConfig, log=print) -> dict:
-    from tgdfer.apps.predict import explain, format_predictions, predict
-    from tgdfer.apps.synthetic import make_csv_dataset
-    from tgdfer.config import ExtractConfig, PredictConfig, RunConfig
-    from tgdfer.extract import extract
-    from tgdfer.train.engine import fit
-
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    clip, kind = choose_clip(cfg, out, log)
-    real = kind == "openai"
+def _clip_banner(cfg: DemoConfig, clip: str, kind: str) -> list[str]:
+    """What the demo's CLIP is, and what its accuracy can mean, as banner lines."""
     what = {
         "openai": [f"CLIP: OpenAI {clip}, pretrained weights."],
         "random": [
@@ -111,14 +101,13 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     }[kind]
     if cfg.cue > 0 and kind != "random":
         what.append(f"The clips carry a class-coloured pattern (--cue {cfg.cue}); --cue 0 draws the faces alone.")
-    log(_banner(what))
-    for old in (out / "cache.shards", out / "run"):  # a demo starts fresh; its generated clips are kept
-        shutil.rmtree(old, ignore_errors=True)
-    for old in (out / "cache.h5", out / "cache.failures.csv"):
-        old.unlink(missing_ok=True)
+    return what
 
-    log("demo 1/4: generating clips")
-    data = out / "data"
+
+def _generated_data(cfg: DemoConfig, data: Path, real: bool) -> list[Path]:
+    """The demo's CSV dataset in ``data`` (kept from an earlier demo made the same) -> its held-out videos."""
+    from tgdfer.testing.synthetic import make_csv_dataset
+
     per_class = cfg.per_class or (10 if real else 30)
     made = {"per_class": per_class, "seed": cfg.seed, "cue": cfg.cue}  # clips are kept only if made the same
     stamp = data / "generated.json"
@@ -126,7 +115,30 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         shutil.rmtree(data, ignore_errors=True)
         make_csv_dataset(data, per_class=per_class, frames=(24, 48), size=112, seed=cfg.seed, cue=cfg.cue)
         stamp.write_text(json.dumps(made))
-    videos = _held_out_videos(data / "new", cfg.seed, cfg.cue)
+    return _held_out_videos(data / "new", cfg.seed, cfg.cue)
+
+
+def run_demo(cfg: DemoConfig, log=print) -> dict:
+    """Generate clips, extract, train, evaluate, predict and explain (module docstring) -> a summary dict."""
+    from tgdfer.apps.predict import explain, format_predictions, predict
+    from tgdfer.config import ExtractConfig, PredictConfig, RunConfig
+    from tgdfer.extract import extract
+    from tgdfer.train.engine import fit
+
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clip, kind = choose_clip(cfg, out, log)
+    real = kind == "openai"
+    log(_banner(_clip_banner(cfg, clip, kind)))
+    for old in (out / "cache.shards", out / "run"):  # a demo starts fresh; its generated clips are kept
+        shutil.rmtree(old, ignore_errors=True)
+    for old in (out / "cache.h5", out / "cache.failures.csv"):
+        old.unlink(missing_ok=True)
+
+    log("demo 1/4: generating clips")
+    data = out / "data"
+    videos = _generated_data(cfg, data, real)
 
     log("demo 2/4: stage 1, extracting CLIP features")
     cache = out / "cache.h5"
@@ -163,7 +175,11 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     log(format_predictions(results))
     explained = explain(str(videos[0]), applied, png=str(out / "explain.png"))
 
-    seconds = time.perf_counter() - started
+    return _summary(clip, kind, metrics, time.perf_counter() - started, cache, run_dir, explained["png"], log)
+
+
+def _summary(clip: str, kind: str, metrics: dict, seconds: float, cache: Path, run_dir: Path, png: str, log) -> dict:
+    """The demo's result (CLIP, WAR/UAR, time, files written), also logged as a closing banner."""
     short = {
         "openai": f"OpenAI {clip}",
         "random": "TINY RANDOM CLIP on coloured cues: says nothing about real faces",
@@ -180,7 +196,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
             "run": str(run_dir),
             "confusion": str(run_dir / "confusion.png"),
             "curves": str(run_dir / "curves.png"),
-            "explain": explained["png"],
+            "explain": png,
         },
     }
     log(

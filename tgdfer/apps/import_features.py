@@ -32,7 +32,7 @@ import numpy as np
 from tgdfer import __version__
 from tgdfer.atomic import committed, remove_stale_temporaries
 from tgdfer.backbone import load_clip
-from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord, _csv_classes, read_csv
+from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord, csv_classes, read_csv
 from tgdfer.data.video import VIDEO_EXTENSIONS
 from tgdfer.errors import ConfigError, FeatureImportError
 from tgdfer.features.cache import shard_dir, shard_path
@@ -126,16 +126,14 @@ def _check(name: str, array: np.ndarray, timestamps: np.ndarray | None, dim: int
     return _Clip(array, timestamps, digest)
 
 
-def _import(
-    annotations: Annotations,
+def _read_all(
     loaders: list[Callable[[], tuple[np.ndarray, np.ndarray | None]]],
     names: list[str],
-    cfg: ImportConfig,
+    dim: int,
     source: str,
     log: Callable[[str], None],
-) -> dict:
-    """Check every clip (``loaders[i]()`` -> (features, timestamps or None); OSError/ValueError: skip), then write."""
-    clip = load_clip(cfg.clip, "cpu", None, cfg.download_root)
+) -> tuple[dict[int, _Clip], list[tuple[int, str]]]:
+    """Every clip checked ({row: clip}), and the rows skipped with their reasons (unreadable: OSError/ValueError)."""
     checked: dict[int, _Clip] = {}
     skipped: list[tuple[int, str]] = []
     for row, (load, name) in enumerate(zip(loaders, names, strict=True)):
@@ -146,9 +144,14 @@ def _import(
             skipped.append((row, reason))
             log(f"import-features: skipped {reason}")
             continue
-        checked[row] = _check(name, array, timestamps, clip.dim)
+        checked[row] = _check(name, array, timestamps, dim)
     if not checked:
         raise FeatureImportError(f"{source}: expected at least one readable feature file, found none of {len(names)}")
+    return checked, skipped
+
+
+def _norm_note(checked: dict[int, _Clip]) -> tuple[bool, str]:
+    """(whether every frame is L2-normalised, a note saying which kind of input this is)."""
     norms = np.concatenate([np.linalg.norm(c.features.astype(np.float64), axis=1) for c in checked.values()])
     normalised = bool(np.abs(norms - 1).max() < _NORM_TOLERANCE)
     note = (
@@ -157,30 +160,31 @@ def _import(
         if normalised
         else f"raw features (frame norms {norms.min():.3g} to {norms.max():.3g})"
     )
-    dtypes = sorted({str(c.features.dtype) for c in checked.values()})
-    settings = {
-        "layout": "frames",
-        "imported_from": source,
-        "clip_sha256": clip.sha256,
-        "frames": cfg.frames,
-        "data_sha256": hashlib.sha256("".join(c.digest for c in checked.values()).encode()).hexdigest(),
-        "annotations_sha256": annotations.sha256(),
-    }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return normalised, note
 
-    entry = Path(cfg.out)
+
+def _write_shards(
+    entry: Path,
+    n_clips: int,
+    checked: dict[int, _Clip],
+    skipped: list[tuple[int, str]],
+    cfg: ImportConfig,
+    dim: int,
+    fingerprint: str,
+    settings: dict,
+) -> list[Path]:
+    """The frame shards of ``n_clips`` annotation rows, ``cfg.shard_clips`` rows each (stale ones removed)."""
     folder = shard_dir(entry)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
-    n_shards = max(1, -(-len(annotations.clips) // cfg.shard_clips))
+    n_shards = max(1, -(-n_clips // cfg.shard_clips))
     for stale in folder.glob("shard-*.h5"):
         if int(stale.stem.split("-")[1]) >= n_shards:
             stale.unlink()
     files = []
     for k in range(n_shards):
-        rows = [r for r in range(k * cfg.shard_clips, (k + 1) * cfg.shard_clips) if r < len(annotations.clips)]
+        rows = [r for r in range(k * cfg.shard_clips, (k + 1) * cfg.shard_clips) if r < n_clips]
         ok = [r for r in rows if r in checked]
-        dim = clip.dim
         data = FrameShardData(
             index=k,
             features=(
@@ -199,6 +203,33 @@ def _import(
         )
         files.append(shard_path(entry, k))
         write_frame_shard(files[-1], data, fingerprint, settings)
+    return files
+
+
+def _import(
+    annotations: Annotations,
+    loaders: list[Callable[[], tuple[np.ndarray, np.ndarray | None]]],
+    names: list[str],
+    cfg: ImportConfig,
+    source: str,
+    log: Callable[[str], None],
+) -> dict:
+    """Check every clip (``loaders[i]()`` -> (features, timestamps or None); OSError/ValueError: skip), then write."""
+    clip = load_clip(cfg.clip, "cpu", None, cfg.download_root)
+    checked, skipped = _read_all(loaders, names, clip.dim, source, log)
+    normalised, note = _norm_note(checked)
+    dtypes = sorted({str(c.features.dtype) for c in checked.values()})
+    settings = {
+        "layout": "frames",
+        "imported_from": source,
+        "clip_sha256": clip.sha256,
+        "frames": cfg.frames,
+        "data_sha256": hashlib.sha256("".join(c.digest for c in checked.values()).encode()).hexdigest(),
+        "annotations_sha256": annotations.sha256(),
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    entry = Path(cfg.out)
+    files = _write_shards(entry, len(annotations.clips), checked, skipped, cfg, clip.dim, fingerprint, settings)
     clip_model = cfg.clip if not Path(cfg.clip).expanduser().is_file() else str(Path(cfg.clip).expanduser().resolve())
     attrs = {
         **settings,
@@ -277,7 +308,7 @@ def import_arrays(
             f"expected a label for every feature array and no other, found a mismatch for {missing[:5]}"
         )
     # the CSV reader's rules: canonical names sorted, a typo of another label or of an emotion name refused
-    class_names, index, _ = _csv_classes([(k + 1, labels[i]) for k, i in enumerate(ids)], None, Path("labels"))
+    class_names, index, _ = csv_classes([(k + 1, labels[i]) for k, i in enumerate(ids)], None, Path("labels"))
     roles = {"train": TRAIN, "test": TEST}
     membership = np.zeros((len(ids), 1), np.int8)
     for k, i in enumerate(ids):

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.features.cache import FeatureCache, load_cache, shard_dir
 from tgdfer.features.frames import PLAIN_PASS, FrameCache
 
-_ROLES = ((1, "train"), (3, "val"), (2, "test"))  # membership codes, in the order they are printed
+_ROLES = ((TRAIN, "train"), (VAL, "val"), (TEST, "test"))  # membership codes, in the order they are printed
 
 
 def _bytes_on_disk(entry: str) -> int:

@@ -58,7 +58,7 @@ def preprocessing(run: TrainedRun, face_crop: bool | None) -> tuple[bool, str | 
             "crops: the model sees other pixels than it was trained on"
         )
     sampling = run.identity.get("sampling")
-    if sampling not in (None, SAMPLING_RULE, "generated"):  # "generated": caches of apps.synthetic, no frames
+    if sampling not in (None, SAMPLING_RULE, "generated"):  # "generated": caches of testing.synthetic, no frames
         notes.append(f"the run's cache sampled frames by another rule ({sampling!r}); this tgdfer samples by its own")
     return (trained if face_crop is None else bool(face_crop)), "; ".join(notes) or None
 

@@ -304,7 +304,7 @@ def read_csv(
         if role is None:
             raise AnnotationError(file, line, f"expected split 'train', 'val' or 'test', found {row['split']!r}")
         rows.append((line, _clip_id(row["path"], file, line), row["label"], role))
-    class_names, index, notes = _csv_classes([(line, label) for line, _, label, _ in rows], classes, file)
+    class_names, index, notes = csv_classes([(line, label) for line, _, label, _ in rows], classes, file)
     pool = _Pool(class_names, ("default",))
     for line, clip_id, label, role in rows:
         path = os.path.join(root, clip_id)  # an absolute id replaces root
@@ -378,7 +378,7 @@ def carve_validation(annotations: Annotations, fraction: float, seed: int) -> An
     return replace(annotations, membership=membership)
 
 
-def _csv_classes(
+def csv_classes(
     rows: list[tuple[int, str]], classes: tuple[str, ...] | list[str] | None, file: Path
 ) -> tuple[tuple[str, ...], dict[str, int], list[str]]:
     """Class names for free-form labels, each written label's index into them, and notes worth a look.

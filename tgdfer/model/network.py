@@ -70,14 +70,14 @@ class TGDFER(nn.Module):
         self.temporal = MultiGrainedTemporal(
             frames,
             dim,
-            cfg.fine_depth,
-            cfg.coarse_depth,
-            cfg.window,
-            cfg.stride,
-            cfg.window_merge,
-            cfg.heads,
-            cfg.ffn_mult,
-            cfg.dropout,
+            fine_depth=cfg.fine_depth,
+            coarse_depth=cfg.coarse_depth,
+            window=cfg.window,
+            stride=cfg.stride,
+            merge=cfg.window_merge,
+            heads=cfg.heads,
+            ffn_mult=cfg.ffn_mult,
+            dropout=cfg.dropout,
         )
         self.prompts = TextPrompts(
             tower,

@@ -69,12 +69,13 @@ def merge_matrix(frames: int, window: int, stride: int, merge: str) -> torch.Ten
 
 
 class FineTemporal(nn.Module):
-    """Eq. 2-3: a transformer on each overlapping window of w frames."""
+    """Eq. 2-3: a transformer on each overlapping window of w frames (arguments as ``MultiGrainedTemporal``'s)."""
 
     def __init__(
         self,
         frames: int,
         dim: int,
+        *,
         depth: int,
         window: int,
         stride: int,
@@ -109,9 +110,9 @@ class FineTemporal(nn.Module):
 
 
 class CoarseTemporal(nn.Module):
-    """Eq. 4: a transformer over all T frames."""
+    """Eq. 4: a transformer over all T frames (arguments as ``MultiGrainedTemporal``'s)."""
 
-    def __init__(self, frames: int, dim: int, depth: int, heads: int, ffn_mult: int, dropout: float):
+    def __init__(self, frames: int, dim: int, *, depth: int, heads: int, ffn_mult: int, dropout: float):
         super().__init__()
         self.pos = nn.Parameter(torch.randn(frames, dim) * 0.02)  # P^c
         self.encoder = _encoder(dim, depth, heads, ffn_mult, dropout)
@@ -123,12 +124,21 @@ class CoarseTemporal(nn.Module):
 
 
 class MultiGrainedTemporal(nn.Module):
-    """Eq. 5: X^I = FC([X^fine, X^coarse]) over whichever modules have depth > 0."""
+    """Eq. 5: X^I = FC([X^fine, X^coarse]) over whichever modules have depth > 0.
+
+    ``frames`` T and ``dim`` D are the cache's shape; the rest are keyword-only, as ``ModelConfig`` names them:
+    ``fine_depth`` / ``coarse_depth`` transformer layers per fine window (Eq. 2) / over all T frames (Eq. 4), 0
+    removes the module (Table 3); ``window`` w and ``stride`` s of the fine windows (Eq. 3; s = 0 means s = w, Table
+    4's "no stride"); ``merge`` how overlapping window outputs become frames ("mean" | "first", module docstring);
+    ``heads`` attention heads (D must divide by it); ``ffn_mult`` feed-forward width over D; ``dropout`` in every
+    temporal layer.
+    """
 
     def __init__(
         self,
         frames: int,
         dim: int,
+        *,
         fine_depth: int,
         coarse_depth: int,
         window: int,
@@ -142,12 +152,13 @@ class MultiGrainedTemporal(nn.Module):
         if fine_depth < 0 or coarse_depth < 0:
             raise ConfigError(f"model.fine_depth/coarse_depth: expected >= 0, found {fine_depth}/{coarse_depth}")
         stride = stride or window  # config 0 = no overlap (Table 4 "no stride")
+        layers = {"heads": heads, "ffn_mult": ffn_mult, "dropout": dropout}
         self.fine = (
-            FineTemporal(frames, dim, fine_depth, window, stride, merge, heads, ffn_mult, dropout)
+            FineTemporal(frames, dim, depth=fine_depth, window=window, stride=stride, merge=merge, **layers)
             if fine_depth
             else None
         )
-        self.coarse = CoarseTemporal(frames, dim, coarse_depth, heads, ffn_mult, dropout) if coarse_depth else None
+        self.coarse = CoarseTemporal(frames, dim, depth=coarse_depth, **layers) if coarse_depth else None
         branches = (self.fine is not None) + (self.coarse is not None)
         self.fc = nn.Linear(max(branches, 1) * dim, dim)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, tsn_positions
 from tgdfer.features.cache import CacheError, FeatureCache
 from tgdfer.features.frames import AUGMENTED_PASS, PLAIN_PASS, FrameCache
@@ -85,14 +86,14 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     """Select a split's train clips (their train views) and test clips (their test view); refuse misfits."""
     split = cache.split_index(fold)
     name = cache.split_names[split]
-    train_clips, test_clips = cache.clips_in(split, 1), cache.clips_in(split, 2)
+    train_clips, test_clips = cache.clips_in(split, TRAIN), cache.clips_in(split, TEST)
     if len(train_clips) == 0 or len(test_clips) == 0:
         raise CacheError(
             f"{cache.path}: split {name!r} needs train and test clips, found {len(train_clips)} train "
             f"and {len(test_clips)} test (a CSV without a split column is split by extract --test-fraction > 0)"
         )
     if isinstance(cache, FrameCache):
-        return _frame_fold_data(cache, train_clips, test_clips, cache.clips_in(split, 3), device)
+        return _frame_fold_data(cache, train_clips, test_clips, cache.clips_in(split, VAL), device)
     train_by_clip, test_by_clip = cache.views_by_clip(TRAIN_VIEW), cache.views_by_clip(TEST_VIEW)
     lacking = [int(c) for c in train_clips if c not in train_by_clip]
     if lacking:
@@ -104,7 +105,7 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
     width = max(len(train_by_clip[int(c)]) for c in train_clips)
     train_views = np.stack([np.resize(train_by_clip[int(c)], width) for c in train_clips])  # (n, K)
     test_views = np.array([test_by_clip[int(c)][0] for c in test_clips])
-    val_clips = cache.clips_in(split, 3)  # membership 3: held out of training to choose an epoch on
+    val_clips = cache.clips_in(split, VAL)  # held out of training to choose an epoch on
     val_views = np.array([test_by_clip[int(c)][0] for c in val_clips], dtype=np.int64)
     return FoldData(
         features=torch.from_numpy(cache.features).to(device),

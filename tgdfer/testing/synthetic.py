@@ -395,12 +395,7 @@ def write_burst_cache(
         length = int(rng.integers(burst[0], burst[1] + 1))
         start = int(rng.integers(0, frames - length + 1))
         strength = signal * rng.uniform(0.7, 1.3)
-        other = None
-        if rng.random() < distractors:  # a shorter, weaker burst of another class, not touching the true one
-            d_len = int(rng.integers(1, 3))
-            free = [s for s in range(frames - d_len + 1) if s + d_len < start - 1 or s > start + length]
-            if free:
-                other = (int(rng.choice(free)), d_len, int((labels[c] + rng.integers(1, n_cls)) % n_cls))
+        other = _distractor(rng, start, length, frames, int(labels[c]), n_cls) if rng.random() < distractors else None
         for v in range(per_clip):
             shift = 0 if v == 0 else int(rng.integers(-1, 2))  # train views: segment offsets move frames a bit
             s0 = min(max(start + shift, 0), frames - length)
@@ -431,6 +426,18 @@ def write_burst_cache(
     return {"burst": true.reshape(-1, frames), "distractor": decoy.reshape(-1, frames), "labels": labels}
 
 
+def _distractor(
+    rng: np.random.Generator, start: int, length: int, frames: int, label: int, n_cls: int
+) -> tuple[int, int, int] | None:
+    """(start, length, class) of a shorter burst (1-2 frames) of another class than ``label``, apart from the true
+    burst at ``start`` of ``length`` frames; None when no place is free."""
+    d_len = int(rng.integers(1, 3))
+    free = [s for s in range(frames - d_len + 1) if s + d_len < start - 1 or s > start + length]
+    if free:
+        return (int(rng.choice(free)), d_len, int((label + rng.integers(1, n_cls)) % n_cls))
+    return None
+
+
 def _write_generated(
     path: str | Path,
     shard_features: Callable[[np.ndarray], np.ndarray],
@@ -449,7 +456,7 @@ def _write_generated(
     """A views cache of generated clips at ``path``: ``shard_features(rows)`` gives the (len(rows) * (1 + views),
     T, D) float16 features of consecutive clip rows (per clip: its test view, then its train views); clip k is in
     the test set of fold k % folds. Shard by shard, so a large cache never sits in memory whole."""
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
     from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
 
@@ -457,8 +464,8 @@ def _write_generated(
     n_clips, per_clip = len(labels), 1 + views
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)  # train everywhere ...
-    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2  # ... but in the test set of one
+    membership = np.full((n_clips, len(split_names)), TRAIN, dtype=np.int8)  # train everywhere ...
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = TEST  # ... but in the test set of one
     annotations = Annotations(dataset, tuple(classes), split_names, clips, membership, ())
     files = []
     for k, start in enumerate(range(0, n_clips, shard_clips)):
@@ -514,7 +521,7 @@ def write_frame_feature_cache(
     (``intensity_curve``: an apex stretch, neutral elsewhere) plus fresh per-frame noise, in every pass. Clip k is
     in the test set of fold k % folds. Returns the (n_c, passes, D) float32 features of every clip.
     """
-    from tgdfer.data.datasets import Annotations, ClipRecord
+    from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
     from tgdfer.features.cache import shard_path
     from tgdfer.features.frames import (
         AUGMENTED_PASS,
@@ -537,8 +544,8 @@ def write_frame_feature_cache(
         clip_feats.append((base + signal * curve * prototypes[labels[c]]).astype(np.float32))
     clips = tuple(ClipRecord(id=f"{c:05d}", label=int(labels[c]), path=f"generated/{c:05d}") for c in range(n_clips))
     split_names = tuple(f"fold{k + 1}" for k in range(folds)) if folds > 1 else ("default",)
-    membership = np.ones((n_clips, len(split_names)), dtype=np.int8)
-    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = 2
+    membership = np.full((n_clips, len(split_names)), TRAIN, dtype=np.int8)
+    membership[np.arange(n_clips), np.arange(n_clips) % len(split_names)] = TEST
     annotations = Annotations("synthetic", tuple(classes), split_names, clips, membership, ())
     kind = np.array([PLAIN_PASS] + [AUGMENTED_PASS] * (passes - 1), np.int8)
     files = []
