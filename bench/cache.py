@@ -36,7 +36,7 @@ def _lengths(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _disk(entry: Path) -> int:
-    from tgdfer.features.cache import shard_dir
+    from tgdfer.features.store import shard_dir
 
     return entry.stat().st_size + sum(p.stat().st_size for p in shard_dir(entry).iterdir())
 
@@ -63,7 +63,8 @@ def _view_cache_from(cache, out: Path, views: int, seed: int) -> None:
     """A view cache cut from a loaded per-frame cache's frames by stage 1's sampling rules (pass 0)."""
     from tgdfer.data.datasets import Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, centre_indices, train_indices, view_rng
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
+    from tgdfer.features.store import shard_path
+    from tgdfer.features.views import ShardData, write_entry, write_shard
 
     n, t = len(cache.clip_ids), 16
     feats, idx = [], []
@@ -103,8 +104,9 @@ def _view_cache_from(cache, out: Path, views: int, seed: int) -> None:
 
 
 def storage(work: Path, clips: int) -> None:
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
     from tgdfer.features.frames import FrameShardData, write_frame_entry, write_frame_shard
+    from tgdfer.features.store import shard_path
+    from tgdfer.features.views import ShardData, write_entry, write_shard
 
     rng = np.random.default_rng(0)
     print(f"1. storage ({clips} generated clips per distribution, D=512 fp16, measured on disk)")

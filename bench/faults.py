@@ -125,7 +125,7 @@ def main() -> None:
 
     from tgdfer.apps.synthetic import make_dfew_tree
     from tgdfer.backbone import save_random_clip
-    from tgdfer.features.cache import shard_dir
+    from tgdfer.features.store import shard_dir
 
     rng = random.Random(args.seed)
     work = Path(args.work or tempfile.mkdtemp(prefix="tgdfer-faults-"))

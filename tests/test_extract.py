@@ -20,7 +20,8 @@ from tgdfer.data.preprocess import clip_view, normalize
 from tgdfer.data.sampling import TEST_VIEW, centre_indices
 from tgdfer.data.video import list_frames
 from tgdfer.extract import ExtractError, extract
-from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.features.cache import load_cache
+from tgdfer.features.store import shard_dir
 
 
 def _cfg(root, out, clip, **kw):

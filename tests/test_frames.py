@@ -14,8 +14,9 @@ from tgdfer.data.datasets import Annotations, ClipRecord
 from tgdfer.data.sampling import centre_indices, every_frame_indices, segment_bounds, tsn_positions
 from tgdfer.errors import CacheError, TrainingError
 from tgdfer.extract import extract
-from tgdfer.features.cache import load_cache, shard_dir, shard_path
+from tgdfer.features.cache import load_cache
 from tgdfer.features.frames import FrameCache, FrameShardData, write_frame_entry, write_frame_shard
+from tgdfer.features.store import shard_dir, shard_path
 from tgdfer.train.engine import epoch_generator, fit
 from tgdfer.train.splits import fold_data, train_feature_mean
 

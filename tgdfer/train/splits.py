@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, tsn_positions
-from tgdfer.features.cache import CacheError, FeatureCache
+from tgdfer.errors import CacheError
 from tgdfer.features.frames import AUGMENTED_PASS, PLAIN_PASS, FrameCache
+from tgdfer.features.views import FeatureCache
 
 
 @dataclass(frozen=True, eq=False)
