@@ -181,7 +181,7 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
     data_path = {name: [] for name in setups}
     for epoch in range(1, 1 + repeats):  # interleaved, so drift in a shared machine's load hits both alike
         for name, (cfg, data, model, optimizer) in setups.items():
-            steps = -(-len(data.train_views) // cfg.train.batch_size)
+            steps = -(-len(data.train_choices) // cfg.train.batch_size)
             _sync(device)
             t0 = time.perf_counter()
             train_one_epoch(model, optimizer, data, cfg.train, epoch)
@@ -190,10 +190,10 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
             # the data path alone: the epoch's draw and every batch's gather, as train_one_epoch does them
             t0 = time.perf_counter()
             g = epoch_generator(cfg.train.seed, epoch)
-            n, k = data.train_views.shape
+            n, k = data.train_choices.shape
             choice = torch.randint(0, k, (n,), generator=g).to(device)
             order = torch.randperm(n, generator=g).to(device)
-            rows = data.epoch_views(choice, g)
+            rows = data.epoch_rows(choice, g)
             for step in range(steps):
                 data.features[rows[order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]]].float()
             _sync(device)
