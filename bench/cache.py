@@ -36,7 +36,7 @@ def _lengths(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _disk(entry: Path) -> int:
-    from tgdfer.features.cache import shard_dir
+    from tgdfer.features.store import shard_dir
 
     return entry.stat().st_size + sum(p.stat().st_size for p in shard_dir(entry).iterdir())
 
@@ -63,7 +63,8 @@ def _view_cache_from(cache, out: Path, views: int, seed: int) -> None:
     """A view cache cut from a loaded per-frame cache's frames by stage 1's sampling rules (pass 0)."""
     from tgdfer.data.datasets import Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, centre_indices, train_indices, view_rng
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
+    from tgdfer.features.store import shard_path
+    from tgdfer.features.views import ShardData, write_entry, write_shard
 
     n, t = len(cache.clip_ids), 16
     feats, idx = [], []
@@ -103,8 +104,9 @@ def _view_cache_from(cache, out: Path, views: int, seed: int) -> None:
 
 
 def storage(work: Path, clips: int) -> None:
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
     from tgdfer.features.frames import FrameShardData, write_frame_entry, write_frame_shard
+    from tgdfer.features.store import shard_path
+    from tgdfer.features.views import ShardData, write_entry, write_shard
 
     rng = np.random.default_rng(0)
     print(f"1. storage ({clips} generated clips per distribution, D=512 fp16, measured on disk)")
@@ -179,7 +181,7 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
     data_path = {name: [] for name in setups}
     for epoch in range(1, 1 + repeats):  # interleaved, so drift in a shared machine's load hits both alike
         for name, (cfg, data, model, optimizer) in setups.items():
-            steps = -(-len(data.train_views) // cfg.train.batch_size)
+            steps = -(-len(data.train_choices) // cfg.train.batch_size)
             _sync(device)
             t0 = time.perf_counter()
             train_one_epoch(model, optimizer, data, cfg.train, epoch)
@@ -188,10 +190,10 @@ def step_time(work: Path, clip_file: Path, clip, clips: int, device: torch.devic
             # the data path alone: the epoch's draw and every batch's gather, as train_one_epoch does them
             t0 = time.perf_counter()
             g = epoch_generator(cfg.train.seed, epoch)
-            n, k = data.train_views.shape
+            n, k = data.train_choices.shape
             choice = torch.randint(0, k, (n,), generator=g).to(device)
             order = torch.randperm(n, generator=g).to(device)
-            rows = data.epoch_views(choice, g)
+            rows = data.epoch_rows(choice, g)
             for step in range(steps):
                 data.features[rows[order[step * cfg.train.batch_size : (step + 1) * cfg.train.batch_size]]].float()
             _sync(device)

@@ -124,7 +124,7 @@ def main() -> None:
     args = p.parse_args()
 
     from tgdfer.backbone import save_random_clip
-    from tgdfer.features.cache import shard_dir
+    from tgdfer.features.store import shard_dir
     from tgdfer.testing.synthetic import make_dfew_tree
 
     rng = random.Random(args.seed)

@@ -87,9 +87,9 @@ def war_uar(y: np.ndarray, pred: np.ndarray, classes: int) -> tuple[float, float
 
 def probes(data, classes: int) -> dict[str, tuple[float, float]]:
     """Linear probes on mean- and max-pooled frames: train on every train view, test on the test views."""
-    train = data.features[data.train_views.flatten()].float().numpy()  # (n*K, T, D)
-    test = data.features[data.test_views].float().numpy()  # (m, T, D)
-    y_train = data.train_labels.repeat_interleave(data.train_views.shape[1]).numpy()
+    train = data.features[data.train_choices.flatten()].float().numpy()  # (n*K, T, D)
+    test = data.features[data.test_rows].float().numpy()  # (m, T, D)
+    y_train = data.train_labels.repeat_interleave(data.train_choices.shape[1]).numpy()
     y = data.test_labels.numpy()
     out = {}
     for name, pool in (("mean", lambda a: a.mean(1)), ("max", lambda a: a.max(1))):
@@ -115,18 +115,18 @@ def run_reading(cache: str, truth: np.ndarray, overrides: tuple[str, ...], seed:
     run = load_run(out, device="cpu")
     data = fold_data(load_cache(cache), "1", torch.device("cpu"))
     y = data.test_labels.numpy()
-    influence = predict_features(run.model, data.features[data.test_views], amp=False)["scores"].numpy()
+    influence = predict_features(run.model, data.features[data.test_rows], amp=False)["scores"].numpy()
     top = influence[np.arange(len(y)), :, y].argmax(1)  # (m,) frame of highest influence for the true class
-    hit = float(truth[data.test_views.numpy(), top].mean())
+    hit = float(truth[data.test_rows.numpy(), top].mean())
     hi = evaluate(run.model, data, amp=False, select=("highest", 1)).war
     lo = evaluate(run.model, data, amp=False, select=("lowest", 1)).war
     return {"war": metrics["war"], "uar": metrics["uar"], "hit": hit, "hi1": hi, "lo1": lo, "seconds": seconds}
 
 
 def main() -> None:
-    from tgdfer.apps.synthetic import write_burst_cache
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.features.cache import load_cache
+    from tgdfer.testing.synthetic import write_burst_cache
     from tgdfer.train.splits import fold_data
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,7 +158,7 @@ def main() -> None:
             cache = work / f"bursts-{seed}-{args.clips}.h5"
             info = write_burst_cache(cache, str(clip_path), sha, n_clips=args.clips, views=args.views, seed=seed)
             data = fold_data(load_cache(cache), "1", torch.device("cpu"))
-            mean = data.features[data.test_views].float().mean(1)  # (m, D)
+            mean = data.features[data.test_rows].float().mean(1)  # (m, D)
             cos = F.normalize(mean, dim=-1) @ F.normalize(mean, dim=-1).t()
             pooled.append(probes(data, len(data.class_names)) | {"cos": float(cos.mean())})
             for name in names:

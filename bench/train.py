@@ -51,7 +51,7 @@ def _breakdown(model, data, cfg, device, steps: int) -> dict[str, float]:
     from tgdfer.devices import autocast
 
     model.train()
-    x = data.features[data.train_views[: cfg.train.batch_size, 0]].float()  # (B, T, D)
+    x = data.features[data.train_choices[: cfg.train.batch_size, 0]].float()  # (B, T, D)
     y = data.train_labels[: cfg.train.batch_size]
 
     def step() -> None:
@@ -208,7 +208,7 @@ def main() -> None:
     print(f"cache loaded to {device} in {time.perf_counter() - t0:.1f} s")
     model, _ = build_model(cfg, cache_identity(cache), device, clip)
     optimizer, _ = make_optimizer(model, cfg)
-    n_train = len(data.train_views)
+    n_train = len(data.train_choices)
     steps = math.ceil(n_train / cfg.train.batch_size)
     name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     print(

@@ -23,7 +23,8 @@ from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, LauncherConfig, SweepConfig
 from tgdfer.errors import ConfigError, TrainingError
 from tgdfer.extract import extract, shard_block
-from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.features.cache import load_cache
+from tgdfer.features.store import shard_dir
 from tgdfer.sweep.launchers import _chunks, _executor, _Task
 from tgdfer.sweep.runner import run_table
 from tgdfer.testing.synthetic import write_feature_cache

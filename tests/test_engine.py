@@ -50,10 +50,10 @@ def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, ti
     data = fold_data(load_cache(path), "1", torch.device("cpu"))
     run = load_run(tmp_path / "run", device="cpu")
     assert run.epoch == 15 and run.class_names == data.class_names
-    out = predict_views(run.model, data.features[data.test_views], amp=False)
+    out = predict_views(run.model, data.features[data.test_rows], amp=False)
     y = data.test_labels.numpy()
     top = out["scores"].numpy()[np.arange(len(y)), :, y].argmax(1)  # frame of highest influence, true class
-    hit_rate = info["burst"][data.test_views.numpy(), top].mean()
+    hit_rate = info["burst"][data.test_rows.numpy(), top].mean()
     assert hit_rate > 0.5, hit_rate
     highest = evaluate(run.model, data, amp=False, select=("highest", 1)).war
     lowest = evaluate(run.model, data, amp=False, select=("lowest", 1)).war

@@ -19,7 +19,8 @@ from tgdfer.data.preprocess import clip_view, normalize
 from tgdfer.data.sampling import TEST_VIEW, centre_indices
 from tgdfer.data.video import list_frames
 from tgdfer.extract import ExtractError, extract
-from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.features.cache import load_cache
+from tgdfer.features.store import shard_dir
 from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
 
 

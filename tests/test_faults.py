@@ -23,8 +23,10 @@ from tgdfer.config import ExtractConfig, RunConfig, SweepConfig
 from tgdfer.data.video import FrameFolder
 from tgdfer.errors import BusyError, CacheError, ClipError, RunError
 from tgdfer.extract import extract
-from tgdfer.features import cache as cache_mod
-from tgdfer.features.cache import load_cache, read_shard, shard_dir, shard_path, verify_cache, write_shard
+from tgdfer.features import store
+from tgdfer.features.cache import load_cache, verify_cache
+from tgdfer.features.store import RERUN, seal_entry, shard_dir, shard_path
+from tgdfer.features.views import read_shard, write_shard
 from tgdfer.locks import acquire, lock_path
 from tgdfer.sweep.runner import run_table
 from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
@@ -209,7 +211,7 @@ def test_a_flipped_feature_byte_is_caught_by_load_info_train_and_verify(tmp_path
     for argv in (["info", str(cache)], _train_args(cache, tmp_path / "run"), ["verify", str(cache)]):
         code, _, err = _cli(argv, capsys)
         line = _one_line_error(err)
-        assert code == 2 and str(shard) in line and line.endswith(cache_mod._RERUN), line
+        assert code == 2 and str(shard) in line and line.endswith(RERUN), line
     assert "1 of 4 failing" in line
 
 
@@ -237,8 +239,8 @@ def test_a_truncated_shard_is_caught_by_its_size(tmp_path, extracted):
 def test_shard_data_are_hashed_once_per_process(tmp_path, extracted, monkeypatch):
     cache = _copy(extracted, tmp_path / "c")
     calls = []
-    real = cache_mod.shard_data_problem
-    monkeypatch.setattr(cache_mod, "shard_data_problem", lambda *a: calls.append(a[0]) or real(*a))
+    real = store.shard_data_problem
+    monkeypatch.setattr(store, "shard_data_problem", lambda *a: calls.append(a[0]) or real(*a))
     load_cache(cache)
     load_cache(cache)
     assert len(calls) == 4  # the second open checks sizes and header digests only
@@ -271,7 +273,7 @@ def _rewrite_shard(entry: Path, k: int, change) -> None:
     with h5py.File(entry, "r+") as f:
         f["shards/digest"][k] = digest
         f["shards/size"][k] = path.stat().st_size
-        f.attrs["entry_digest"] = cache_mod._entry_digest(f)
+        seal_entry(f)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])

@@ -6,7 +6,9 @@ import pytest
 
 from tgdfer.data.datasets import TEST
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
-from tgdfer.features.cache import CacheError, load_cache, shard_dir
+from tgdfer.errors import CacheError
+from tgdfer.features.cache import load_cache
+from tgdfer.features.store import shard_dir
 from tgdfer.testing.synthetic import write_feature_cache
 
 

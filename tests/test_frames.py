@@ -13,8 +13,9 @@ from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
 from tgdfer.data.sampling import centre_indices, every_frame_indices, segment_bounds, tsn_positions
 from tgdfer.errors import CacheError, TrainingError
 from tgdfer.extract import extract
-from tgdfer.features.cache import load_cache, shard_dir, shard_path
+from tgdfer.features.cache import load_cache
 from tgdfer.features.frames import FrameCache, FrameShardData, write_frame_entry, write_frame_shard
+from tgdfer.features.store import shard_dir, shard_path
 from tgdfer.testing.synthetic import write_frame_feature_cache
 from tgdfer.train.engine import epoch_generator, fit
 from tgdfer.train.splits import fold_data, train_feature_mean
@@ -105,9 +106,9 @@ def test_extract_every_frame_matches_the_view_cache(dfew_root, tiny_clip_path, t
     for fold in ("1", "4"):  # the test sample holds the frames of the view cache's test view
         v, f = fold_data(view_cache, fold, CPU), fold_data(frame_cache, fold, CPU)
         assert v.test_clips.tolist() == f.test_clips.tolist()
-        a, b = v.features[v.test_views].float(), f.features[f.test_views].float()  # (m, T, D) each
+        a, b = v.features[v.test_rows].float(), f.features[f.test_rows].float()  # (m, T, D) each
         assert a.shape == b.shape and torch.allclose(a, b, atol=2e-3, rtol=1e-3), (a - b).abs().max()
-        assert not torch.allclose(a, f.features[f.test_views + 1].float(), atol=0.05)  # pass 1 is augmented
+        assert not torch.allclose(a, f.features[f.test_rows + 1].float(), atol=0.05)  # pass 1 is augmented
     text = info(str(tmp_path / "f.h5"))
     counts = np.sort(view_cache.num_frames)
     assert f"frames per clip min {counts[0]} / median {int(np.median(counts))} / max {counts[-1]}" in text
@@ -136,13 +137,13 @@ def test_each_epoch_draws_a_fresh_sample_that_repeats_for_its_seed(frame_cache):
     cache = load_cache(path)
     data = fold_data(cache, "2", CPU)
     assert data.features.dtype == torch.float16 and data.features.shape == (len(cache.features) * 3, 32)
-    assert data.train_views.shape == (120, 2) and set(data.train_views.unique().tolist()) == {1, 2}
+    assert data.train_choices.shape == (120, 2) and set(data.train_choices.unique().tolist()) == {1, 2}
 
     def draw(seed, epoch):
         g = epoch_generator(seed, epoch)
         choice = torch.randint(0, 2, (120,), generator=g)
         torch.randperm(120, generator=g)
-        return data.epoch_views(choice, g)  # (n, T) frame rows
+        return data.epoch_rows(choice, g)  # (n, T) frame rows
 
     first = draw(0, 3)
     assert first.shape == (120, 16) and torch.equal(first, draw(0, 3))

@@ -10,8 +10,9 @@ import pytest
 from tgdfer.apps.import_features import import_arrays
 from tgdfer.cli import main
 from tgdfer.data.datasets import TEST
-from tgdfer.features.cache import load_cache, shard_dir
+from tgdfer.features.cache import load_cache
 from tgdfer.features.frames import FrameCache
+from tgdfer.features.store import shard_dir
 
 LABELS = ("happy", "sad", "neutral", "angry", "surprised", "disgusted", "fearful")
 

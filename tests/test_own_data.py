@@ -19,7 +19,8 @@ from tgdfer.config import ExtractConfig, RunConfig, apply_overrides
 from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.errors import ExtractError
 from tgdfer.extract import extract, settings_diff
-from tgdfer.features.cache import _entry_digest, load_cache
+from tgdfer.features.cache import load_cache
+from tgdfer.features.store import seal_entry
 from tgdfer.plots import confusion_cells, influence_png, influence_png_size
 from tgdfer.progress import Progress
 from tgdfer.sweep.tables import TABLES, render
@@ -110,7 +111,7 @@ def test_validation_is_scored_every_epoch_and_the_final_epoch_reported(tmp_path,
         membership = f["clips/membership"][()]
         membership[1:20:2, 0] = VAL
         f["clips/membership"][...] = membership
-        f.attrs["entry_digest"] = _entry_digest(f)  # re-seal the edited entry, as write_entry would
+        seal_entry(f)  # re-seal the edited entry, as write_entry would
     lines = []
     cfg = RunConfig(features=str(path), out=str(tmp_path / "run"), device="cpu")
     metrics = fit(apply_overrides(cfg, ["train.epochs=3", "train.batch_size=16"]), log=lines.append)

@@ -41,7 +41,8 @@ from tgdfer.config import (
 from tgdfer.data.sampling import TEST_VIEW
 from tgdfer.errors import ConfigError
 from tgdfer.extract import extract as _extract
-from tgdfer.features.cache import FeatureCache, load_cache
+from tgdfer.features.cache import load_cache
+from tgdfer.features.views import FeatureCache
 from tgdfer.model.inference import predict_features as _model_features
 from tgdfer.train.engine import train as _train
 from tgdfer.train.runs import TrainedRun

@@ -335,7 +335,8 @@ def verify(features: Annotated[Path, typer.Argument(help="Entry file of a stage-
     from tgdfer.features.cache import verify_cache
 
     result = verify_cache(path=str(features))
-    print(f"{result['entry']}: {result['shards']} shards, {result['views']} views, {result['bytes']:,} bytes verified")
+    rows = f"{result['rows']} {result['layout']}"  # views, or frames of a per-frame cache
+    print(f"{result['entry']}: {result['shards']} shards, {rows}, {result['bytes']:,} bytes verified")
 
 
 @app.command("import-features")

@@ -43,17 +43,10 @@ from tgdfer.data.sampling import EVERY_FRAME_RULE, SAMPLING_RULE
 from tgdfer.data.views import ClipJob, ClipViews, decode_loader, decode_workers, encode_frames
 from tgdfer.devices import Ranks, dtype_name, ranks, resolve_device, resolve_dtype
 from tgdfer.errors import BusyError, ExtractError
-from tgdfer.features.cache import (
-    FORMAT_VERSION,
-    ShardData,
-    shard_data_problem,
-    shard_dir,
-    shard_header,
-    shard_path,
-    write_entry,
-    write_shard,
-)
+from tgdfer.features.cache import SCHEMAS, read_attrs
 from tgdfer.features.frames import frame_shard, write_frame_entry, write_frame_shard
+from tgdfer.features.store import FORMAT_VERSION, shard_data_problem, shard_dir, shard_header, shard_path
+from tgdfer.features.views import ShardData, write_entry, write_shard
 from tgdfer.locks import exclusive, lock_path
 from tgdfer.progress import Progress
 
@@ -95,7 +88,7 @@ def _settings(cfg: ExtractConfig, annotations, clip, dtype: torch.dtype) -> dict
             "max_frames": cfg.max_frames,
             "sampling": EVERY_FRAME_RULE,
             "passes": 1 + cfg.passes,
-            "train_views": cfg.passes,
+            "train_views": cfg.passes,  # the stored key (fingerprints stay): here it counts augmented passes
         }
         if cfg.frames_mode == "all"  # only here, so view caches keep their fingerprints
         else {}
@@ -203,7 +196,7 @@ def _plan_shards(
                 f"{'; '.join(changes) or 'unknown (a shard without its settings)'}. "
                 "Pass --overwrite to redo it, or choose another --out"
             )
-        elif (problem := shard_data_problem(shard_path(entry, k))) is not None:
+        elif (problem := shard_data_problem(shard_path(entry, k), SCHEMAS)) is not None:
             print(f"[rank {me.rank}] {shard_path(entry, k)} fails its check ({problem}): re-encoding it", flush=True)
             shard_path(entry, k).unlink()
             todo.append(k)
@@ -234,8 +227,6 @@ def _write_when_complete(cfg: ExtractConfig, annotations, clip, settings: dict, 
     any task after a crash writes the entry.
     """
     import fcntl
-
-    from tgdfer.features.cache import read_attrs
 
     entry = Path(cfg.out)
     missing = [k for k in range(n_shards) if shard_header(shard_path(entry, k)) is None]
@@ -332,7 +323,8 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
     loader = decode_loader(
         dataset, decode_workers(cfg.workers, len(jobs), me.world), pin_memory=clip.device.type == "cuda"
     )
-    stats = {"clips": 0, "views": 0, "frames": 0, "failures": 0, "shards": len(todo)}
+    unit = "views" if cfg.frames_mode == "views" else "passes"  # what an item's view_kind counts: T-frame views
+    stats = {"clips": 0, unit: 0, "frames": 0, "failures": 0, "shards": len(todo)}  # or passes over every frame
     queue = list(todo)
     buffer = _ShardBuffer(queue[0], rows_of[queue[0]]) if queue else None
     remaining = len(buffer.rows) if buffer else 0
@@ -353,7 +345,7 @@ def _encode_shards(cfg, annotations, clip, todo: list[int], fingerprint: str, se
             buffer.pending_frames += len(frames)
             buffer.meta.append(item)
             stats["clips"] += 1
-            stats["views"] += len(item["view_kind"])
+            stats[unit] += len(item["view_kind"])
             stats["frames"] += len(frames)
             if buffer.pending_frames >= cfg.batch_size:
                 _flush(buffer, clip, cfg.batch_size, final=False)
@@ -425,6 +417,40 @@ def extract(cfg: ExtractConfig) -> dict:
         raise
 
 
+def _entry_and_report(cfg, annotations, clip, settings: dict, n_shards: int, stats: dict, device, me: Ranks) -> dict:
+    """After encoding, on rank 0: write the entry (when this process's block completes the cache) and print the
+    summary line. Every rank gets the summary extract returns: its stats, and the entry's totals where written."""
+    summary = dict(stats)
+    if me.rank == 0 and len(shard_block(cfg, n_shards)) < n_shards:  # one block of several: README "Cluster"
+        totals = _write_when_complete(cfg, annotations, clip, settings, n_shards)
+        summary.update(totals=totals, entry=cfg.out if totals else None)
+        secs, block = stats["seconds"], shard_block(cfg, n_shards)
+        what = f"shards {block.start}..{block.stop - 1}" if block else "no shards (more blocks than shards)"
+        held = f"; cache {cfg.out} holds {totals['clips']} clips" if totals else ""
+        print(
+            f"extract: {what} of {n_shards}: {stats['clips']} clips, {stats['frames']} frames, "
+            f"{stats['failures']} failures encoded in {secs:.1f} s{held}",
+            flush=True,
+        )
+    elif me.rank == 0:
+        totals = _write_outputs(cfg, annotations, clip, settings, n_shards)
+        summary.update(totals=totals, entry=cfg.out)
+        secs, unit = stats["seconds"], "views" if "views" in stats else "passes"
+        held = (
+            f"{totals['views']} views"
+            if "views" in totals
+            else f"{totals['frames']} frames x {totals['passes']} passes"
+        )
+        print(
+            f"extract: {stats['clips']} clips, {stats[unit]} {unit}, {stats['frames']} frames encoded, "
+            f"{stats['failures']} failures in {secs:.1f} s ({stats['frames'] / max(secs, 1e-9):.0f} frames/s) on "
+            f"{device} x{me.world}; cache {cfg.out} holds {totals['clips']} clips, {held}, "
+            f"{totals['failures']} failures (listed in {totals['failures_csv']})",
+            flush=True,
+        )
+    return summary
+
+
 def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     me = ranks()  # frames, views, shard_clips and batch_size were checked by ExtractConfig itself
     if cfg.frames_mode == "views" and (cfg.max_frames or cfg.passes):
@@ -474,29 +500,7 @@ def _extract(cfg: ExtractConfig, held: contextlib.ExitStack) -> dict:
     stats = _encode_shards(cfg, annotations, clip, todo, fingerprint, settings, me)
     if me.world > 1:
         torch.distributed.barrier()
-    summary = dict(stats)
-    if me.rank == 0 and len(shard_block(cfg, n_shards)) < n_shards:  # one block of several: README "Cluster"
-        totals = _write_when_complete(cfg, annotations, clip, settings, n_shards)
-        summary.update(totals=totals, entry=cfg.out if totals else None)
-        secs, block = stats["seconds"], shard_block(cfg, n_shards)
-        what = f"shards {block.start}..{block.stop - 1}" if block else "no shards (more blocks than shards)"
-        held = f"; cache {cfg.out} holds {totals['clips']} clips" if totals else ""
-        print(
-            f"extract: {what} of {n_shards}: {stats['clips']} clips, {stats['frames']} frames, "
-            f"{stats['failures']} failures encoded in {secs:.1f} s{held}",
-            flush=True,
-        )
-    elif me.rank == 0:
-        totals = _write_outputs(cfg, annotations, clip, settings, n_shards)
-        summary.update(totals=totals, entry=cfg.out)
-        secs = stats["seconds"]
-        print(
-            f"extract: {stats['clips']} clips, {stats['views']} views, {stats['frames']} frames encoded, "
-            f"{stats['failures']} failures in {secs:.1f} s ({stats['frames'] / max(secs, 1e-9):.0f} frames/s) on "
-            f"{device} x{me.world}; cache {cfg.out} holds {totals['clips']} clips, {totals['views']} views, "
-            f"{totals['failures']} failures (listed in {totals['failures_csv']})",
-            flush=True,
-        )
+    summary = _entry_and_report(cfg, annotations, clip, settings, n_shards, stats, device, me)
     if me.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

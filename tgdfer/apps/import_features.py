@@ -35,8 +35,8 @@ from tgdfer.backbone import load_clip
 from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord, csv_classes, read_csv
 from tgdfer.data.video import VIDEO_EXTENSIONS
 from tgdfer.errors import ConfigError, FeatureImportError
-from tgdfer.features.cache import shard_dir, shard_path
 from tgdfer.features.frames import PLAIN_PASS, FrameShardData, write_frame_entry, write_frame_shard
+from tgdfer.features.store import shard_dir, shard_path
 
 _NORM_TOLERANCE = 1e-2  # |norm - 1| of every row below this: the input was L2-normalised
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from tgdfer.data.datasets import TEST, TRAIN, VAL
-from tgdfer.features.cache import FeatureCache, load_cache, shard_dir
+from tgdfer.features.cache import load_cache
 from tgdfer.features.frames import PLAIN_PASS, FrameCache
+from tgdfer.features.store import shard_dir
+from tgdfer.features.views import FeatureCache
 
 _ROLES = ((TRAIN, "train"), (VAL, "val"), (TEST, "test"))  # membership codes, in the order they are printed
 

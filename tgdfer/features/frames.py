@@ -1,8 +1,9 @@
 """The per-frame feature cache: every frame of a clip encoded once, stored ragged (CSR), beside the view cache.
 
-Same entry/shard/commit scheme as ``tgdfer.features.cache`` (whose shard paths, headers and shard checks it
-uses); the entry's attribute ``layout`` is ``"frames"`` here and ``"views"`` (or absent) there, and
-``load_cache`` opens either. Layout of an entry file; N frames, P passes, C clips, S splits, D feature width::
+Same entry/shard/commit scheme as the view cache (``tgdfer.features.views``), from ``tgdfer.features.store``; the
+entry's attribute ``layout`` is ``"frames"`` here and ``"views"`` (or absent) there, and
+``tgdfer.features.cache.load_cache`` opens either. Layout of an entry file; N frames, P passes, C clips, S splits,
+D feature width::
 
     features            (N, P, D) float16  virtual dataset over the shards, fill value NaN; features[:, p] is
                                            pass p's (N, D) frames, chunks of <= 128 frames: a clip is one read
@@ -11,7 +12,7 @@ uses); the entry's attribute ``layout`` is ``"frames"`` here and ``"views"`` (or
     frames/timestamp_ms (N,)      float64  time in the source video where known, NaN otherwise
     passes/kind         (P,)      int8     0 un-augmented (CLIP preprocessing only), 1 spatially augmented
     clips/*, failures/*, shards/* as in the view cache (clips/num_frames: frames of the source clip;
-                                           shards/views: frames per shard)
+                                           shards/views: frames per shard, the on-disk name of both layouts)
     attrs: layout "frames", frames (T of the samples stage 2 draws), dim, passes, and how the features were made
 
 Stage 2 never reads this file with sampled indices (h5py drops duplicate coordinates): ``load_frames`` reads the
@@ -20,35 +21,28 @@ whole array once and the sampling gathers with torch (``tgdfer.train.splits``).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from tgdfer.errors import CacheError
-from tgdfer.features.cache import (
-    _RERUN,
-    _STR,
-    FORMAT_VERSION,
-    FeatureCache,
-    _attr,
-    _check_shard_data,
-    _clip_fields,
-    _entry_digest,
-    _entry_shards,
-    _h5_commit,
-    _open_entry,
-    _shard_header_problem,
-    _strings,
-    _text,
-    _write_records,
-    shard_header,
+from tgdfer.features.store import (
+    FRAME_LAYOUT,
+    ClipTable,
+    EntryRows,
+    ShardSchema,
+    checked_entry,
+    clip_fields,
+    commit_entry,
+    commit_shard,
+    entry_summary,
+    failed_of,
+    first_non_finite,
+    read_shard_fields,
+    shard_of,
 )
 
-LAYOUT = "frames"
 PLAIN_PASS, AUGMENTED_PASS = 0, 1  # passes/kind: CLIP preprocessing only | one augmentation draw per pass
 CHUNK_FRAMES = 128  # frames per HDF5 chunk: a typical clip (DFEW mean 77, FERV39k 28) is one or two chunks
 
@@ -69,26 +63,21 @@ class FrameShardData:
     failed_reasons: tuple[str, ...]  # (F,) why
 
 
-_SHARD_ARRAYS = (
-    "features",
-    "counts",
-    "source_frames",
-    "timestamps_ms",
-    "pass_kind",
-    "clip_rows",
-    "num_frames",
-    "failed_rows",
+FRAME_SHARDS = ShardSchema(
+    layout=FRAME_LAYOUT,
+    arrays=(
+        "features",
+        "counts",
+        "source_frames",
+        "timestamps_ms",
+        "pass_kind",
+        "clip_rows",
+        "num_frames",
+        "failed_rows",
+    ),
+    tagged=True,
+    chunk_rows=CHUNK_FRAMES,
 )
-
-
-def _digest(data: FrameShardData) -> str:
-    h = hashlib.sha256(LAYOUT.encode())
-    for name in _SHARD_ARRAYS:
-        a = np.ascontiguousarray(getattr(data, name))
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    h.update("\x00".join(data.failed_reasons).encode())
-    return h.hexdigest()
 
 
 def frame_shard(
@@ -122,119 +111,51 @@ def frame_shard(
 
 def write_frame_shard(path: str | Path, data: FrameShardData, fingerprint: str, settings: dict) -> str:
     """Commit one per-frame shard atomically; returns its digest."""
-    n, passes, dim = data.features.shape
+    n = len(data.features)
     if int(data.counts.sum()) != n or len(data.source_frames) != n or len(data.timestamps_ms) != n:
         raise CacheError(
             f"shard {data.index}: expected {n} frames in counts, source frames and timestamps, found "
             f"{int(data.counts.sum())}, {len(data.source_frames)}, {len(data.timestamps_ms)}; this is a bug"
         )
-    digest = _digest(data)
-    with _h5_commit(path) as f:  # built in memory, written with plain os.write (a full disk is one clear error)
-        chunks = (min(CHUNK_FRAMES, n), passes, dim) if n else None
-        f.create_dataset("features", data=data.features, chunks=chunks)
-        for name in _SHARD_ARRAYS[1:]:
-            f.create_dataset(name, data=getattr(data, name))
-        f.create_dataset("failed_reasons", data=np.array(data.failed_reasons, dtype=object), dtype=_STR)
-        f.attrs.update(
-            index=data.index,
-            layout=LAYOUT,
-            fingerprint=fingerprint,
-            digest=digest,
-            settings=json.dumps(settings, sort_keys=True),
-            format_version=FORMAT_VERSION,
-        )
-    return digest
-
-
-def frame_shard_data_problem(path: str | Path, header: dict, features: np.ndarray | None = None) -> str | None:
-    """Why a committed per-frame shard's data do not hash to its header's digest (None: they do); ``features``,
-    its (n, P, D) rows as read through the entry, saves reading them again."""
-    try:
-        data = read_frame_shard(path, features=features is None)
-    except (OSError, KeyError, ValueError) as exc:
-        return f"unreadable ({str(exc).splitlines()[0][:80]})"
-    if features is not None:
-        data = replace(data, features=features)
-    actual = _digest(data)
-    if actual != header["digest"]:
-        return f"data hash to {actual[:12]}, its digest is {header['digest'][:12]}: damaged on disk"
-    return None
+    return commit_shard(path, FRAME_SHARDS, data, fingerprint, settings)
 
 
 def read_frame_shard(path: str | Path, features: bool = True) -> FrameShardData:
-    with h5py.File(path, "r") as f:
-        arrays = {n: f[n][()] for n in _SHARD_ARRAYS if n != "features" or features}
-        if not features:
-            arrays["features"] = np.empty((0, *f["features"].shape[1:]), np.float16)
-        reasons = tuple(r.decode() if isinstance(r, bytes) else str(r) for r in f["failed_reasons"][()])
-        return FrameShardData(index=int(f.attrs["index"]), failed_reasons=reasons, **arrays)
+    return FrameShardData(**read_shard_fields(path, FRAME_SHARDS, features))
 
 
 def write_frame_entry(entry: str | Path, annotations, shard_files: list[Path], attrs: dict) -> dict:
-    """Write the per-frame entry file over committed shards, atomically. Returns counts and the failed
-    (id, path, reason), as ``tgdfer.features.cache.write_entry`` does. ``attrs["frames"]`` is the T of stage 2's
-    samples (16 unless given)."""
-    entry = Path(entry)
+    """Write the per-frame entry file over committed shards, atomically. Returns counts (clips, frames, passes,
+    failures) and the failed (id, path, reason), as ``tgdfer.features.views.write_entry`` does. ``attrs["frames"]``
+    is the T of stage 2's samples (16 unless given)."""
     shards = [read_frame_shard(p, features=False) for p in shard_files]
-    headers = [shard_header(p) for p in shard_files]
-    with h5py.File(shard_files[0], "r") as f:
-        _, passes, dim = f["features"].shape
+    _, passes, dim = shards[0].features.shape
     kinds = {tuple(s.pass_kind.tolist()) for s in shards}
     if len(kinds) != 1:
         raise CacheError(f"{entry}: expected every shard to hold the same passes, found {sorted(kinds)}")
-    ok_rows = np.concatenate([s.clip_rows for s in shards]).astype(np.int64)
     counts = np.concatenate([s.counts for s in shards]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # (C+1,)
-    n_frames = int(offsets[-1])
-    failed = [(int(r), reason) for s in shards for r, reason in zip(s.failed_rows, s.failed_reasons, strict=True)]
-    clips = annotations.clips
-
-    layout = h5py.VirtualLayout(shape=(n_frames, passes, dim), dtype=np.float16)
-    start = 0
-    for path, header in zip(shard_files, headers, strict=True):
-        n = header["views"]  # shard_header counts the first axis of "features": frames here
-        if n:
-            rel = path.relative_to(entry.parent).as_posix()  # HDF5 resolves it beside the entry file
-            layout[start : start + n] = h5py.VirtualSource(rel, "features", shape=(n, passes, dim))
-        start += n
-
-    with _h5_commit(entry) as f:
-        f.create_virtual_dataset("features", layout, fillvalue=np.float16(np.nan))
-        f["frames/offsets"] = offsets
-        f["frames/source"] = np.concatenate([s.source_frames for s in shards]).astype(np.int32)
-        f["frames/timestamp_ms"] = np.concatenate([s.timestamps_ms for s in shards]).astype(np.float64)
-        f["passes/kind"] = shards[0].pass_kind.astype(np.int8)
-        f.create_dataset("clips/id", data=_strings(clips[r].id for r in ok_rows), dtype=_STR)
-        f.create_dataset("clips/path", data=_strings(clips[r].path for r in ok_rows), dtype=_STR)
-        f["clips/label"] = np.array([clips[r].label for r in ok_rows], dtype=np.int16)
-        f["clips/num_frames"] = np.concatenate([s.num_frames for s in shards]).astype(np.int32)
-        f["clips/membership"] = annotations.membership[ok_rows].astype(np.int8)
-        _write_records(f, entry, clips, failed, shard_files, headers, attrs)
-        f.attrs.update(
-            layout=LAYOUT,
-            format_version=FORMAT_VERSION,
-            frames=int(attrs.get("frames", 16)),
-            dim=dim,
-            passes=passes,
-            class_names=json.dumps(list(annotations.class_names)),
-            split_names=json.dumps(list(annotations.split_names)),
-            dataset=annotations.dataset,
-            annotations_sha256=annotations.sha256(),
-        )
-        f.attrs["entry_digest"] = _entry_digest(f)  # the integrity record load_cache checks first
-    return {
-        "clips": len(ok_rows),
-        "views": len(ok_rows) * int(passes),  # a pass over a clip's frames is its "view" here
-        "frames": n_frames,
-        "passes": int(passes),
-        "failures": len(failed),
-        "failed": [(clips[r].id, clips[r].path, reason) for r, reason in failed],
-    }
+    rows = EntryRows(
+        layout=FRAME_LAYOUT,
+        clip_rows=np.concatenate([s.clip_rows for s in shards]).astype(np.int64),
+        failed=failed_of(shards),
+        datasets={
+            "frames/offsets": offsets,
+            "frames/source": np.concatenate([s.source_frames for s in shards]).astype(np.int32),
+            "frames/timestamp_ms": np.concatenate([s.timestamps_ms for s in shards]).astype(np.float64),
+            "passes/kind": shards[0].pass_kind.astype(np.int8),
+        },
+        clip_datasets={"clips/num_frames": np.concatenate([s.num_frames for s in shards]).astype(np.int32)},
+        shape_attrs={"frames": int(attrs.get("frames", 16)), "dim": dim, "passes": passes},
+    )
+    commit_entry(entry, annotations, shard_files, rows, attrs)
+    return entry_summary(annotations, rows, frames=int(offsets[-1]), passes=int(passes))
 
 
 @dataclass(frozen=True, eq=False)
-class FrameCache:
-    """A whole per-frame cache in memory. Arrays as in the module docstring; N frames, P passes, C clips."""
+class FrameCache(ClipTable):
+    """A whole per-frame cache in memory. Arrays as in the module docstring; N frames, P passes, C clips. Classes
+    and splits mean the same as in the view cache (``ClipTable``)."""
 
     path: str
     features: np.ndarray  # (N, P, D) float16
@@ -249,12 +170,6 @@ class FrameCache:
     membership: np.ndarray  # (C, S) int8
     failures: tuple[tuple[str, str, str], ...]  # (id, path, reason)
     attrs: dict
-
-    # Splits, classes and folds mean the same as in the view cache; these read only the fields both share.
-    class_names = FeatureCache.class_names
-    split_names = FeatureCache.split_names
-    split_index = FeatureCache.split_index
-    clips_in = FeatureCache.clips_in
 
     @property
     def frames(self) -> int:
@@ -279,36 +194,17 @@ class FrameCache:
         return self.features[self.offsets[clip] : self.offsets[clip + 1], pass_]
 
 
-def is_frame_cache(f: h5py.File) -> bool:
-    return _attr(f.attrs.get("layout", "views")) == LAYOUT
-
-
 def load_frames(path: str | Path) -> FrameCache:
-    """Open a per-frame entry file, check its shards, and read everything into memory."""
+    """Open a per-frame entry file, check it and its shards, and read everything into memory."""
     path = Path(path)
-    with _open_entry(path) as f:
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise CacheError(f"{path}: expected cache format {FORMAT_VERSION}, found {version}; re-extract it")
-        if not is_frame_cache(f):
-            raise CacheError(f"{path}: expected a per-frame cache (layout 'frames'), found layout 'views'")
-        shards = _entry_shards(f, path)  # the entry against its digest, then each shard as tgdfer.features.cache does
-        for shard in shards:
-            problem = _shard_header_problem(shard)
-            if problem is not None:
-                raise CacheError(f"{path}: {problem}; {_RERUN}")
-        features = f["features"][()]
-        for shard in shards:
-            _check_shard_data(shard, path, features[shard.start : shard.start + shard.views])
-        for start in range(0, len(features), 65536):
-            bad = ~np.isfinite(features[start : start + 65536]).all(axis=(1, 2))  # (chunk,) frames with NaN/Inf
-            if bad.any():
-                row = start + int(np.argmax(bad))
-                shard = next(s for s in reversed(shards) if s.start <= row)
-                raise CacheError(
-                    f"{path}: expected finite features, found NaN or Inf at frame row {row} (shard {shard.path}), "
-                    "which matches its digest: it was encoded so. Re-extract with --overwrite"
-                )
+    with checked_entry(path, FRAME_SHARDS) as (f, shards, features):
+        row = first_non_finite(features, 65536)
+        if row is not None:
+            raise CacheError(
+                f"{path}: expected finite features, found NaN or Inf at frame row {row} (shard "
+                f"{shard_of(shards, row).path}), which matches its digest: it was encoded so. Re-extract with "
+                "--overwrite"
+            )
         return FrameCache(
             path=str(path),
             features=features,
@@ -316,6 +212,5 @@ def load_frames(path: str | Path) -> FrameCache:
             source_frames=f["frames/source"][()],
             timestamps_ms=f["frames/timestamp_ms"][()],
             pass_kind=f["passes/kind"][()],
-            clip_ids=_text(f["clips/id"][()]),
-            **_clip_fields(f),
+            **clip_fields(f),
         )

@@ -458,7 +458,8 @@ def _write_generated(
     the test set of fold k % folds. Shard by shard, so a large cache never sits in memory whole."""
     from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
     from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW
-    from tgdfer.features.cache import ShardData, shard_path, write_entry, write_shard
+    from tgdfer.features.store import shard_path
+    from tgdfer.features.views import ShardData, write_entry, write_shard
 
     path = Path(path)
     n_clips, per_clip = len(labels), 1 + views
@@ -522,7 +523,6 @@ def write_frame_feature_cache(
     in the test set of fold k % folds. Returns the (n_c, passes, D) float32 features of every clip.
     """
     from tgdfer.data.datasets import TEST, TRAIN, Annotations, ClipRecord
-    from tgdfer.features.cache import shard_path
     from tgdfer.features.frames import (
         AUGMENTED_PASS,
         PLAIN_PASS,
@@ -530,6 +530,7 @@ def write_frame_feature_cache(
         write_frame_entry,
         write_frame_shard,
     )
+    from tgdfer.features.store import shard_path
 
     path = Path(path)
     rng = np.random.default_rng(seed)

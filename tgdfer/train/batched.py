@@ -264,11 +264,11 @@ def _owned(model: TGDFER) -> Iterator[None]:
 def _epoch_draw(data: FoldData, cfg, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n,) train view of each clip and (n,) order for an epoch: the draw of ``engine.train_one_epoch``."""
     device = data.features.device
-    n, k = data.train_views.shape
+    n, k = data.train_choices.shape
     g = epoch_generator(cfg.seed, epoch)
     choice = torch.randint(0, k, (n,), generator=g).to(device)
     order = torch.randperm(n, generator=g).to(device)
-    return data.train_views[torch.arange(n, device=device), choice], order
+    return data.train_choices[torch.arange(n, device=device), choice], order
 
 
 def train_epoch_batched(runs: list[_Run], stacked: dict[str, torch.Tensor], epoch: int) -> list[dict | Exception]:
@@ -342,7 +342,7 @@ def _open_run(cfg: RunConfig, resume: bool, cache: FeatureCache, identity: dict,
         raise TrainingError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
     device = features.device
     cpu = fold_data(cache, cfg.fold, torch.device("cpu"))  # indices only; the features stay shared
-    if cpu.sampler is not None or cpu.val_views is not None:
+    if cpu.sampler is not None or cpu.val_rows is not None:
         raise ConfigError(
             f"batched runs: expected a view cache without a validation split, found "
             f"{'a per-frame cache' if cpu.sampler is not None else 'val clips'} in {cache.path}; train these runs "
@@ -351,9 +351,9 @@ def _open_run(cfg: RunConfig, resume: bool, cache: FeatureCache, identity: dict,
     data = replace(
         cpu,
         features=features,
-        train_views=cpu.train_views.to(device),
+        train_choices=cpu.train_choices.to(device),
         train_labels=cpu.train_labels.to(device),
-        test_views=cpu.test_views.to(device),
+        test_rows=cpu.test_rows.to(device),
         test_labels=cpu.test_labels.to(device),
     )
     model, _ = build_model(cfg, identity, device, clip)
@@ -367,7 +367,7 @@ def _open_run(cfg: RunConfig, resume: bool, cache: FeatureCache, identity: dict,
     trainable, frozen = count_parameters(model)
     split = cache.split_names[cache.split_index(cfg.fold)]
     log(
-        f"train: {len(data.train_views)} train / {len(data.test_views)} test clips, split {split}, "
+        f"train: {len(data.train_choices)} train / {len(data.test_rows)} test clips, split {split}, "
         f"{trainable:,} trainable parameters ({frozen:,} frozen CLIP text tower), device {device} (batched)"
     )
     run.path.mkdir(parents=True, exist_ok=True)

@@ -58,11 +58,11 @@ def train_one_epoch(
     """One pass over the train clips, a random train view each; returns mean loss and train accuracy."""
     model.train()
     device = data.features.device
-    n, k = data.train_views.shape
+    n, k = data.train_choices.shape
     g = epoch_generator(cfg.seed, epoch)
     choice = torch.randint(0, k, (n,), generator=g).to(device)
     order = torch.randperm(n, generator=g).to(device)
-    views = data.epoch_views(choice, g)  # (n,) view rows, or a per-frame cache's fresh (n, T) frame rows
+    views = data.epoch_rows(choice, g)  # (n,) view rows, or a per-frame cache's fresh (n, T) frame rows
     steps = math.ceil(n / cfg.batch_size)
     losses = torch.zeros(steps, device=device)
     correct = torch.zeros((), device=device)
@@ -95,7 +95,7 @@ def train_one_epoch(
 
 def evaluate(model: TGDFER, data: FoldData, amp: bool = True, select: tuple[str, int] | None = None) -> Scores:
     """WAR/UAR/per-class/confusion on the test view of every test clip."""
-    out = predict_features(model, data.features[data.test_views], amp, select=select)
+    out = predict_features(model, data.features[data.test_rows], amp, select=select)
     pred = out["probs"].argmax(1).cpu().numpy()
     return scores(data.test_labels.cpu().numpy(), pred, len(data.class_names))
 
@@ -186,9 +186,9 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
     trainable, frozen = count_parameters(model)
     split = cache.split_names[cache.split_index(cfg.fold)]
     val = data.validation()  # None without val clips (extract --val-fraction)
-    held = f" / {len(val.test_views)} val" if val is not None else ""
+    held = f" / {len(val.test_rows)} val" if val is not None else ""
     log(
-        f"train: {len(data.train_views)} train / {len(data.test_views)} test{held} clips, split {split}, "
+        f"train: {len(data.train_choices)} train / {len(data.test_rows)} test{held} clips, split {split}, "
         f"{trainable:,} trainable parameters ({frozen:,} frozen CLIP text tower), device {device}"
     )
     run.path.mkdir(parents=True, exist_ok=True)
@@ -244,8 +244,8 @@ def finish_run(
         "epoch": cfg.train.epochs,
         "fold": cfg.fold,
         "split": split,
-        "test_clips": len(data.test_views),
-        "train_clips": len(data.train_views),
+        "test_clips": len(data.test_rows),
+        "train_clips": len(data.train_choices),
         "trainable_parameters": trainable,
         "train_seconds": time.perf_counter() - started,
         "class_names": list(data.class_names),
@@ -255,7 +255,7 @@ def finish_run(
         v = evaluate(model, val, cfg.train.amp)
         scored = [r for r in history if r.get("val_uar", "") != ""]
         metrics |= {
-            "val": v.to_dict(data.class_names) | {"clips": len(val.test_views)},
+            "val": v.to_dict(data.class_names) | {"clips": len(val.test_rows)},
             # information for choosing train.epochs on the validation clips; the run still reports its final epoch
             "val_best_epoch": max(scored, key=lambda r: (r["val_uar"], r["val_war"], -r["epoch"]))["epoch"],
         }

@@ -33,8 +33,8 @@ from tgdfer.atomic import write_bytes, write_text
 from tgdfer.backbone import FrozenClip, load_clip
 from tgdfer.config import RunConfig, from_dict, to_dict
 from tgdfer.devices import resolve_device
-from tgdfer.errors import ConfigError, RunError
-from tgdfer.features.cache import CacheError, FeatureCache
+from tgdfer.errors import CacheError, ConfigError, RunError
+from tgdfer.features.views import FeatureCache
 from tgdfer.model.network import TGDFER
 
 

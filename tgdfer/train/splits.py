@@ -4,9 +4,9 @@ The whole cache goes to the device once (a DFEW cache is about 1 GB); a split on
 cache lacks, no train views, no test clips) are refused here with expected vs found.
 
 Either layout gives the same interface: ``data.features[rows]`` is a (B, T, D) batch, where ``rows`` comes from
-``test_views`` or from ``epoch_views`` (the epoch's draw). On a view cache a row is a view (features (V, T, D)).
+``test_rows`` or from ``epoch_rows`` (the epoch's draw). On a view cache a row is a view (features (V, T, D)).
 On a per-frame cache (``tgdfer.features.frames``) features are its (N, P, D) frames flattened to (N * P, D), a
-clip's rows are T frame rows, and ``epoch_views`` draws a fresh TSN sample for every train clip each epoch (a
+clip's rows are T frame rows, and ``epoch_rows`` draws a fresh TSN sample for every train clip each epoch (a
 random frame in each of T equal segments, of a random train pass) on the device, from the epoch's generator: so
 a batch is still one indexed read, and a resumed run redraws exactly. The test sample is the segment-centre frames
 of the plain pass, the frames a view cache's test view holds.
@@ -21,8 +21,9 @@ import torch
 
 from tgdfer.data.datasets import TEST, TRAIN, VAL
 from tgdfer.data.sampling import TEST_VIEW, TRAIN_VIEW, tsn_positions
-from tgdfer.features.cache import CacheError, FeatureCache
+from tgdfer.errors import CacheError
 from tgdfer.features.frames import AUGMENTED_PASS, PLAIN_PASS, FrameCache
+from tgdfer.features.views import FeatureCache
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,33 +50,34 @@ class FrameSampler:
 
 @dataclass(frozen=True, eq=False)
 class FoldData:
-    """One split of a cache, as device tensors. Shapes: V views, n train clips, m test clips, K train views."""
+    """One split of a cache, as device tensors. Shapes: V views, n train clips, m test clips, K train views (or
+    train passes). A row is a row of ``features``: a view here, a frame in one pass on a per-frame cache."""
 
     features: torch.Tensor  # (V, T, D) float16, the whole cache
-    train_views: torch.Tensor  # (n, K) int64 view rows of each train clip's train views
+    train_choices: torch.Tensor  # (n, K) int64 what an epoch picks one of per train clip: its train views' rows
     train_labels: torch.Tensor  # (n,) int64
-    test_views: torch.Tensor  # (m,) int64 the test view of each test clip
+    test_rows: torch.Tensor  # (m,) int64 the row of each test clip's test view
     test_labels: torch.Tensor  # (m,) int64
     test_clips: np.ndarray  # (m,) cache clip rows, for reports
     class_names: tuple[str, ...]
-    val_views: torch.Tensor | None = None  # (u,) int64 the test view of each validation clip; None: no val split
+    val_rows: torch.Tensor | None = None  # (u,) int64 the test view row of each validation clip; None: no val split
     val_labels: torch.Tensor | None = None  # (u,) int64
 
     def validation(self) -> FoldData | None:
         """The validation clips in the place of the test clips (for ``evaluate``), or None without any."""
-        if self.val_views is None:
+        if self.val_rows is None:
             return None
-        return replace(self, test_views=self.val_views, test_labels=self.val_labels, test_clips=np.empty(0, np.int64))
+        return replace(self, test_rows=self.val_rows, test_labels=self.val_labels, test_clips=np.empty(0, np.int64))
 
-    sampler: FrameSampler | None = None  # a per-frame cache's: then features is (N * P, D), train_views (n, K)
-    #                                      holds each clip's train passes, test_views (m, T) frame rows
+    sampler: FrameSampler | None = None  # a per-frame cache's: then features is (N * P, D), train_choices (n, K)
+    #                                      holds each clip's train pass indices, test_rows (m, T) frame rows
 
-    def epoch_views(self, choice: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(n,) chosen column of train_views per train clip -> the rows of the epoch's sample of each clip: (n,)
+    def epoch_rows(self, choice: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(n,) chosen column of train_choices per train clip -> the rows of the epoch's sample of each clip: (n,)
         view rows, or on a per-frame cache (n, T) frame rows of a fresh TSN sample whose frames are drawn from
         ``generator`` (on the CPU, as every draw of an epoch, so any device redraws the same)."""
-        n = len(self.train_views)
-        picked = self.train_views[torch.arange(n, device=choice.device), choice]  # (n,)
+        n = len(self.train_choices)
+        picked = self.train_choices[torch.arange(n, device=choice.device), choice]  # (n,)
         if self.sampler is None:
             return picked
         u = torch.rand((n, self.sampler.frames), generator=generator, dtype=torch.float64).to(choice.device)
@@ -103,19 +105,19 @@ def fold_data(cache: FeatureCache, fold: str, device: torch.device) -> FoldData:
             f"train_views={cache.attrs.get('train_views')})"
         )
     width = max(len(train_by_clip[int(c)]) for c in train_clips)
-    train_views = np.stack([np.resize(train_by_clip[int(c)], width) for c in train_clips])  # (n, K)
-    test_views = np.array([test_by_clip[int(c)][0] for c in test_clips])
+    train_choices = np.stack([np.resize(train_by_clip[int(c)], width) for c in train_clips])  # (n, K) view rows
+    test_rows = np.array([test_by_clip[int(c)][0] for c in test_clips])
     val_clips = cache.clips_in(split, VAL)  # held out of training to choose an epoch on
-    val_views = np.array([test_by_clip[int(c)][0] for c in val_clips], dtype=np.int64)
+    val_rows = np.array([test_by_clip[int(c)][0] for c in val_clips], dtype=np.int64)
     return FoldData(
         features=torch.from_numpy(cache.features).to(device),
-        train_views=torch.from_numpy(train_views).to(device),
+        train_choices=torch.from_numpy(train_choices).to(device),
         train_labels=torch.from_numpy(cache.labels[train_clips]).to(device),
-        test_views=torch.from_numpy(test_views).to(device),
+        test_rows=torch.from_numpy(test_rows).to(device),
         test_labels=torch.from_numpy(cache.labels[test_clips]).to(device),
         test_clips=test_clips,
         class_names=cache.class_names,
-        val_views=torch.from_numpy(val_views).to(device) if len(val_clips) else None,
+        val_rows=torch.from_numpy(val_rows).to(device) if len(val_clips) else None,
         val_labels=torch.from_numpy(cache.labels[val_clips]).to(device) if len(val_clips) else None,
     )
 
@@ -144,14 +146,14 @@ def _frame_fold_data(
     n, d = len(cache.features), cache.dim
     return FoldData(
         features=torch.from_numpy(cache.features).to(device).view(n * passes, d),  # (N, P, D) -> (N * P, D)
-        train_views=torch.from_numpy(np.tile(train_passes, (len(train_clips), 1))).to(device),  # (n, K) passes
+        train_choices=torch.from_numpy(np.tile(train_passes, (len(train_clips), 1))).to(device),  # (n, K) passes
         train_labels=torch.from_numpy(cache.labels[train_clips]).to(device),
-        test_views=test_rows,
+        test_rows=test_rows,
         test_labels=torch.from_numpy(cache.labels[test_clips]).to(device),
         test_clips=test_clips,
         class_names=cache.class_names,
         sampler=sampler(train_clips),
-        val_views=centres(val_clips) if len(val_clips) else None,
+        val_rows=centres(val_clips) if len(val_clips) else None,
         val_labels=torch.from_numpy(cache.labels[val_clips]).to(device) if len(val_clips) else None,
     )
 
@@ -162,11 +164,11 @@ def train_feature_mean(data: FoldData, chunk: int = 4096) -> torch.Tensor:
     on a per-frame cache over every stored frame of the train clips in their train passes."""
     total = torch.zeros(data.features.shape[-1], dtype=torch.float64, device=data.features.device)
     if data.sampler is not None:
-        rows = data.sampler.every_row(data.train_views[0])  # (frames * K,) single frames
+        rows = data.sampler.every_row(data.train_choices[0])  # (frames * K,) single frames
         for start in range(0, len(rows), chunk * 16):
             total += data.features[rows[start : start + chunk * 16]].double().sum(dim=0)
         return (total / len(rows)).float()
-    views = data.train_views.flatten()
-    for start in range(0, len(views), chunk):
-        total += data.features[views[start : start + chunk]].double().sum(dim=(0, 1))
-    return (total / (len(views) * data.features.shape[1])).float()
+    rows = data.train_choices.flatten()  # (n * K,) view rows
+    for start in range(0, len(rows), chunk):
+        total += data.features[rows[start : start + chunk]].double().sum(dim=(0, 1))
+    return (total / (len(rows) * data.features.shape[1])).float()
