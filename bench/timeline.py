@@ -42,9 +42,11 @@ def main() -> None:
     from skimage import data
 
     from tgdfer.apps import timeline as tl
+    from tgdfer.apps.predict import image_encoder
     from tgdfer.apps.synthetic import face_scene, write_feature_cache, write_video_pts
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
+    from tgdfer.data.video import VideoStream
     from tgdfer.data.views import encode_frames
     from tgdfer.devices import resolve_device
     from tgdfer.train.engine import fit
@@ -87,7 +89,7 @@ def main() -> None:
         cfg = RunConfig(features=str(cache), out=str(run_dir), device="cpu")
         fit(apply_overrides(cfg, ["train.epochs=1", "train.batch_size=8"]), log=lambda s: None)
 
-    stream = tl.VideoStream(video)
+    stream = VideoStream(video)
     duration = stream.duration
     plan = tl.plan_windows(stream.times, duration, tl.DEFAULT_WINDOW_S, 1.0, 16)
     sampled = np.unique(plan.frames[plan.frames >= 0])
@@ -106,7 +108,7 @@ def main() -> None:
     from tgdfer.train.runs import load_run
 
     run = load_run(str(run_dir), str(device))
-    clip = tl._image_encoder(run)
+    clip = image_encoder(run)
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8))
     rates = {}
     for choice in ["auto"] + ([args.compare] if args.compare != "none" else []):

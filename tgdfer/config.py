@@ -404,7 +404,7 @@ class TimelineConfig:
     stride: str = "1s"  # from one window's start to the next: one row per second, windows overlapping
     face_crop: bool | None = None  # None: as the run's cache was made (its recorded face_crop); a flag overrides
     face: int = 0  # which face to follow, by size at its first detection: 0 the largest, 1 the next, ...
-    detect_every: int = 4  # detect every k sampled frames and keep the box between (Haar costs 15-100 ms a frame)
+    detect_every: int = 4  # the face tracker looks at every k-th sampled frame; the box is held between
     min_face: float = 0.5  # share of a window's T frames that need a face, else its row is no_face
     smooth: Literal["none", "mean", "ema"] = "none"  # extra smoothed columns over windows; raw ones always stay
     smooth_windows: int = 5  # centred moving-average width, or EMA span (alpha = 2 / (span + 1)), in windows
