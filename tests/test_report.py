@@ -264,6 +264,15 @@ def test_report_in_chromium_seeks_reads_back_and_blurs(tmp_path, browser, codec,
     )
     t0, t1, left, width, hidden = geometry
     assert not hidden and left == pytest.approx((t - t0) / (t1 - t0) * width, abs=0.01)
+    strip = (  # the top-class strip's pixel under the cursor: the row's top class, or the no-face grey
+        "const c = document.querySelector(`#chart-${arguments[0]} canvas`), x = Math.floor(arguments[1] * c.width); "
+        "return [...c.getContext('2d').getImageData(x, c.height - 6, 1, 1).data.slice(0, 3)]"
+    )
+    tab10 = ["1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2"]
+    for index, person in ((1, "p1"), (2, "p2")):
+        row = expected[person]
+        colour = "d9d9d9" if row["status"] != "ok" else tab10[CLASSES.index(row["top"])]
+        assert browser.execute_script(strip, index, (t - t0) / (t1 - t0)) == list(bytes.fromhex(colour)), person
 
     boxes = json.loads(browser.execute_script("return document.getElementById('overlay').dataset.boxes"))
     assert [b[0] for b in boxes] == ["p2"]  # p1 is away

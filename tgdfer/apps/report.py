@@ -186,7 +186,7 @@ def _video_source(video: Path | None, out_html: Path, embed: bool) -> dict:
     return {"src": quote(relative.as_posix()), "name": video.name, "embedded": False}
 
 
-def report_data(rows: TimelineRows, header: dict, video: dict) -> dict:
+def report_data(rows: TimelineRows, header: dict, video: dict, title: str) -> dict:
     """What the page reads (the JSON embedded in it): the timeline's rows, compacted, and its header's facts."""
     people = (header.get("people") or {}).get("persons") or []
     by_name = {p.get("name") or p.get("id"): p for p in people} | {p.get("id"): p for p in people}
@@ -194,7 +194,7 @@ def report_data(rows: TimelineRows, header: dict, video: dict) -> dict:
     return {
         "format": 1,
         "tgdfer": __version__,
-        "title": Path(video["name"] or header.get("video") or "timeline").name,
+        "title": title,
         "video": video,
         "size": header.get("size"),  # [w, h] source pixels, the boxes' frame
         "duration_s": float(header.get("duration_s") or rows.ends[-1]),
@@ -255,5 +255,6 @@ def write_report(
         if not video.is_absolute() and not video.exists() and (csv_path.parent / video).exists():
             video = csv_path.parent / video
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out_html, _page(report_data(rows, header, _video_source(video, out_html, embed_video))))
+    title = video.name if video is not None else default_report_path(csv_path).name[: -len(".report.html")]
+    write_text(out_html, _page(report_data(rows, header, _video_source(video, out_html, embed_video), title)))
     return out_html

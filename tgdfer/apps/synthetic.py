@@ -626,9 +626,12 @@ def write_video_pts(
 
 
 def _drifting_person(rng, i: int, persons: int, centres: np.ndarray, size: tuple[int, int], classes: int):
-    """One made-up person over windows centred at ``centres`` (W,) s -> (W, C) probabilities (a softmax of random
+    """One made-up person over windows centred at ``centres`` (W,) s -> (W, C) probabilities (a softmax of AR(1)
     walks), (W,) bool away (15% of each minute, each person at another phase), (W, 4) x0, y0, x1, y1 pixels."""
-    logits = np.cumsum(rng.normal(0, 0.35, (len(centres), classes)), axis=0)  # (W, C)
+    noise = rng.normal(0, 0.5, (len(centres), classes))  # (W, C)
+    logits = np.zeros_like(noise)
+    for w in range(len(centres)):  # AR(1): drifts, but around 0, so no class takes over an hour
+        logits[w] = (0.97 * logits[w - 1] if w else 0.0) + noise[w]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     away = ((centres / 60.0 + i * 0.37) % 1.0) < 0.15
