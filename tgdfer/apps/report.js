@@ -79,7 +79,7 @@
 
   function fillHeader() {
     document.getElementById('title').textContent = `${D.title}: emotion timeline`;
-    const run = D.run ? String(D.run).split(/[\\/]/).filter(Boolean).pop() : 'unknown run';
+    const run = D.run ? String(D.run) : 'unknown';
     document.getElementById('facts').textContent = `run ${run} · ${W} windows of ${D.window_s ?? '?'} s every ` +
       `${D.stride_s ?? '?'} s · ${clock(tEnd, 0)} · ${persons.length} person${persons.length === 1 ? '' : 's'}`;
     const legend = document.getElementById('legend');
@@ -99,21 +99,34 @@
     document.getElementById('footer').textContent = `tgdfer ${D.tgdfer} · drawn from the timeline CSV; ` +
       'each row stands for the time between its window centre and its neighbours\'; values at the cursor are the row\'s.';
   }
+  function topShares(share) { // {class: share} -> 'anger 57%, fear 37%, disgust 4%' (the three largest)
+    return Object.entries(share).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]).slice(0, 3)
+      .map(([k, v]) => `${k} ${Math.round(v * 100)}%`).join(', ');
+  }
   function whoLine(p) {
     const line = el('div', { class: 'who' }), s = p.summary;
     const name = el('button', { type: 'button', title: 'seek to the first appearance' }, p.name);
     name.prepend(chip(p.colour));
-    line.append(name);
-    if (s) {
-      const shares = Object.entries(s.share || {}).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]).slice(0, 3);
-      const text = ` screen ${clock(s.screen_time_s ?? 0, 0)}, seen ${clock(s.first_seen_s ?? 0, 0)}–` +
-        `${clock(s.last_seen_s ?? 0, 0)}` + (shares.length ? '; ' + shares.map(([k, v]) => `${k} ${Math.round(v * 100)}%`).join(', ') : '');
-      line.append(el('small', {}, text));
-      name.addEventListener('click', () => seek(s.first_seen_s ?? tStart));
-    } else {
-      const first = p.status.findIndex(v => v === 0);
-      name.addEventListener('click', () => seek(first >= 0 ? centres[first] : tStart));
+    let text, first;
+    if (s) { // the JSON header's persons
+      first = s.first_seen_s ?? tStart;
+      text = ` screen ${clock(s.screen_time_s ?? 0, 0)}, seen ${clock(first, 0)}–${clock(s.last_seen_s ?? 0, 0)}`;
+      text += s.share && topShares(s.share) ? `; ${topShares(s.share)}` : '';
+    } else { // none there (the one-face timeline): from the rows
+      const share = {};
+      let ok = 0;
+      for (let w = 0; w < W; w++) {
+        if (p.status[w] !== 0) continue;
+        ok++;
+        if (p.top[w] !== NO_TOP) share[D.classes[p.top[w]]] = (share[D.classes[p.top[w]]] || 0) + 1;
+      }
+      for (const k in share) share[k] /= ok;
+      const w0 = p.status.findIndex(v => v === 0);
+      first = w0 >= 0 ? centres[w0] : tStart;
+      text = ` face in ${ok} of ${W} windows` + (ok ? `; ${topShares(share)}` : '');
     }
+    name.addEventListener('click', () => seek(first));
+    line.append(name, el('small', {}, text));
     return line;
   }
   function buildPeople() {
