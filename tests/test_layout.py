@@ -16,7 +16,7 @@ LAYERS = [
     ("tgdfer.model", "tgdfer.plots"),
     ("tgdfer.train", "tgdfer.extract"),
     ("tgdfer.sweep",),
-    ("tgdfer.apps",),
+    ("tgdfer.apps", "tgdfer.testing"),  # testing: fixture generators, which nothing in tgdfer imports
     ("tgdfer.api",),  # the Python API gathers the layers below; tgdfer/__init__ reaches it lazily by name
     ("tgdfer.cli", "tgdfer.__main__"),
 ]
