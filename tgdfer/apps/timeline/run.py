@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tgdfer.apps.report import write_report
 from tgdfer.apps.timeline.follow import FollowedFace
 from tgdfer.apps.timeline.outputs import (
     FIXED_COLUMNS,
@@ -207,9 +208,7 @@ class VideoRun:
             if not self.sampled[index]:
                 continue
             if self.reuse is not None:  # nothing to decode or encode: the first run's faces and features
-                self.found[index] = self.reuse.face[index]
-                if self.found[index] and self.encode_needed[index]:
-                    self.features[index] = self.reuse.feature(index)
+                self._reused(index)
                 self._write_windows(index)
                 continue
             if self.last_use[index] < self.done and not self.encode_needed[index] and self.follower is None:
@@ -220,6 +219,12 @@ class VideoRun:
                 self._write_windows(index)
         self._encode()
         self._write_windows(n_frames, final=True)
+
+    def _reused(self, index: int) -> None:
+        """Saved features in place of sampled frame ``index``: whether it had the face, and its features."""
+        self.found[index] = self.reuse.face[index]
+        if self.found[index] and self.encode_needed[index]:
+            self.features[index] = self.reuse.feature(index)
 
     def _take(self, index: int, rgb: np.ndarray) -> None:
         """(H, W, 3) RGB uint8 of sampled frame ``index``: find the face, queue its crop for the encoder."""
@@ -316,7 +321,19 @@ class VideoRun:
         summary = summarize(rows, self.names)
         png = self._plot(probs, ok, smoothed) if cfg.plot else None
         self.seconds["total"] = time.perf_counter() - started  # from the decoding pass to the plot
+        result = self._result(summary, png)
         write_header(self.files, self.header | {"status": "complete", "summary": summary, "seconds": self.seconds})
+        return result | {"report": self._report()}
+
+    def _report(self) -> str | None:
+        """``<stem>.report.html`` beside the CSV (``cfg.report``), from the CSV and JSON just written."""
+        if not self.cfg.report:
+            return None
+        video = self.header["video"]
+        page = write_report(self.files["csv"], self.files["json"], video, embed_video=self.cfg.embed_video)
+        return str(page)
+
+    def _result(self, summary: dict, png: str | None) -> dict:
         return {
             "path": str(self.path),
             "ok": True,
@@ -324,7 +341,7 @@ class VideoRun:
             "csv": str(self.files["csv"]),
             "json": str(self.files["json"]),
             "png": png,
-            "npz": str(self.files["npz"]) if cfg.save_features else None,
+            "npz": str(self.files["npz"]) if self.cfg.save_features else None,
             "windows": self.n_windows,
             "window_s": self.window_s,
             "stride_s": self.stride_s,

@@ -4,6 +4,7 @@ of the video, so re-windowing, smoothing or re-mapping needs no decoding and no 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,21 @@ class SavedFeatures:
         self.face = np.zeros(len(self.times), dtype=bool)
         self.face[frames] = True
         self._feature = {int(i): torch.from_numpy(f) for i, f in zip(frames, arrays["features"], strict=True)}
+        self.assignment = None  # a people timeline's: its persons, and every detection's track and box
+        self.detections: dict[int, dict[int, Box]] = {}  # frame -> {track: box}
+        if "tracks" in arrays:
+            from tgdfer.data.persons import PersonAssignment
+
+            self.assignment = PersonAssignment.from_dict(json.loads(str(arrays["people"])))
+            self._by_track = {}
+            rows = zip(frames, arrays["tracks"], arrays["features"], arrays["boxes"], strict=True)
+            for i, t, f, b in rows:
+                self._by_track[(int(i), int(t))] = torch.from_numpy(f)
+                self.detections.setdefault(int(i), {})[int(t)] = tuple(float(v) for v in b)
+
+    def track_feature(self, index: int, track: int) -> torch.Tensor:
+        """(D,) fp16 of one track's face on a frame (people timelines)."""
+        return self._by_track[(index, track)]
 
     def feature(self, index: int) -> torch.Tensor:
         """(D,) fp16 of a frame with a face."""
@@ -108,6 +124,7 @@ def save_features(
     clip_sha256: str,
     face_crop: bool,
     dim: int,
+    extra: dict | None = None,
 ) -> None:
     """Write ``<stem>.features.npz`` atomically: ``saved`` (frame number, (D,) fp16 features, face box) of every
     encoded frame, in any order; ``stream`` the video's ``VideoStream``; ``no_face`` (G,) the sampled frames
@@ -133,4 +150,5 @@ def save_features(
             timestamps_source=np.str_(stream.timestamps_source),
             clip_sha256=np.str_(clip_sha256),  # features of this CLIP only
             face_crop=np.bool_(face_crop),
+            **(extra or {}),  # people timelines: tracks (N,) int64 per row, people (the linked persons as JSON)
         )

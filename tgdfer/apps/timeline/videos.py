@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tgdfer.apps.timeline.encoder import face_crop_choice, timeline_run
+from tgdfer.apps.timeline.people import PeopleRun
 from tgdfer.apps.timeline.run import VideoRun
 from tgdfer.apps.timeline.saved import SAVED_SUFFIX
 from tgdfer.apps.timeline.windows import parse_span
@@ -38,6 +39,9 @@ def timeline(paths: list[str], cfg: TimelineConfig, log: Callable[[str], None] |
             parse_span(text, name)  # a bad length fails before the run loads, not once per video
     run = timeline_run(cfg, log)
     face_crop = face_crop_choice(run, cfg.face_crop, log)
+    if cfg.people is not None and not face_crop:
+        log("face crop on: --people crops every face")
+        face_crop = True
     cropper = None
     if face_crop:
         cropper = FaceCropper()
@@ -47,7 +51,8 @@ def timeline(paths: list[str], cfg: TimelineConfig, log: Callable[[str], None] |
     paths = [str(p) for p in paths]
     for path, stem in zip(paths, output_stems(paths), strict=True):
         try:
-            results.append(VideoRun(path, run, cfg, face_crop, stem, log, cropper).run())
+            kind = VideoRun if cfg.people is None else PeopleRun
+            results.append(kind(path, run, cfg, face_crop, stem, log, cropper).run())
         except ConfigError as exc:  # this video cannot be used as asked (--resume with new settings, ...)
             results.append({"path": path, "ok": False, "error": str(exc)})
         except (KeyboardInterrupt, MemoryError):
