@@ -65,7 +65,7 @@ def main() -> None:
         type=int,
         default=1,
         choices=[1, 2],
-        help="2: two faces, one above the other (the astronaut and a mirrored, recoloured copy), run with --people all",
+        help="2: two faces side by side (the astronaut and a mirrored, darker copy), run with --people all",
     )
     p.add_argument("--data", default=None, help="folder for the generated video and run (kept between runs)")
     p.add_argument(
@@ -87,12 +87,14 @@ def main() -> None:
         face = np.ascontiguousarray(data.astronaut())
         if args.persons == 1:
             return face_scene(face, count, args.width, args.height)
-        other = np.ascontiguousarray(face[:, ::-1, ::-1])  # mirrored, red and blue swapped: another look
-        half = args.width // 2
-        pairs = zip(
-            face_scene(face, count, half, args.height), face_scene(other, count, half, args.height, seed=1), strict=True
+        other = np.ascontiguousarray((face[:, ::-1] * 0.8).astype(np.uint8))  # mirrored and darker: another look
+        side = min(args.width // 2, args.height)  # face_scene draws the photo as tall as its frame
+        pad = np.zeros((args.height - side, args.width - 2 * side, 3), np.uint8)
+        left, right = face_scene(face, count, side, side), face_scene(other, count, side, side, seed=1)
+        return (  # (H, W, 3): one person in each half, black below and to the right
+            np.pad(np.concatenate([a, b], axis=1), ((0, pad.shape[0]), (0, pad.shape[1]), (0, 0)))
+            for a, b in zip(left, right, strict=True)
         )
-        return (np.concatenate([a, b], axis=1) for a, b in pairs)  # (H, W, 3): one person on each half
 
     n = round(args.minutes * 60 * args.fps)
     tag = "face" if args.persons == 1 else "two-persons"

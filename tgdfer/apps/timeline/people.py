@@ -177,7 +177,9 @@ class PeopleRun(VideoRun):
         if not stacks:
             return
         batch = torch.stack(stacks).to(next(self.trained.model.parameters()).device)  # (B, T, D)
+        t0 = time.perf_counter()
         out = predict_features(self.trained.model, batch, amp=self.trained.config.train.amp, batch_size=len(stacks))
+        self.seconds["model"] += time.perf_counter() - t0
         for (w, t, frac, box), p in zip(keys, out["probs"].cpu().numpy(), strict=True):
             self.track_rows[(w, t)] = ("ok", frac, p, box)
 
