@@ -224,6 +224,11 @@ def test_assignment_boxes_rename_and_json():
     _, _, persons = run(frames)
     assert sorted(persons.boxes("p2", 0.0, 0.5)) == [0, 1, 2, 3]  # times i / 8 < 0.5
     assert persons.boxes("p2", 1.0, 2.0) == {}
+    assert persons.nearest("p2", 0.3, within=0.1) == (2, persons.seen("p2")[2][1])  # 0.25 s is nearest
+    assert persons.nearest("p2", 2.0, within=0.5) is None  # blue left at 0.625 s
+    assert persons.detections("p1") == 10 and persons.detections("p2") == 6 and persons.top(1) == ["p1"]
+    with pytest.raises(KeyError, match="p9"):
+        persons.boxes("p9", 0, 1)
     back = PersonAssignment.from_dict(json.loads(json.dumps(persons.to_dict())))
     assert back == persons
     merged = persons.renamed({"p2": "p1", "p1": "Anna"})

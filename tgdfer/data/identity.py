@@ -10,9 +10,9 @@ them.
   plus embeddings where both have them, brought to colour's scale on the pairs of tracks seen together), while the
   distance stays under ``link_threshold`` and the two never share a frame (one person is never in two places at
   once). Persons are named ``p1``, ``p2``, ... by first appearance.
-- ``PersonAssignment``: which person each track is, each person's boxes in a time range (``boxes``), first and last
-  seen (``span``), a merge-and-rename map (``renamed``), and a JSON form (``to_dict``/``from_dict``) to re-apply a
-  map without decoding.
+- ``PersonAssignment``: which person each track is, each person's boxes in a time range (``boxes``) or nearest a
+  time (``nearest``), screen time (``detections``, ``top``), first and last seen (``span``), a merge-and-rename
+  map (``renamed``), and a JSON form (``to_dict``/``from_dict``) to re-apply a map without decoding.
 
 Identity never comes from face-recognition weights (ArcFace/InsightFace are licensed for non-commercial research
 only): colour statistics work with any CLIP, the tiny random one of the tests included; the caller's CLIP
@@ -22,6 +22,7 @@ embeddings add to them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -211,26 +212,64 @@ class PersonAssignment:
             first[p] = min(first.get(p, (np.inf, t)), (min(self.tracks[t].times.values()), t))
         return sorted(first, key=first.__getitem__)
 
-    def seen(self, person: str) -> dict[int, tuple[float, Box]]:
-        """{sampled frame index: (seconds, box)} of every detection of the person, in frame order. Where a merge
-        (``renamed``) gave the person two boxes in one frame, the larger is kept."""
-        out: dict[int, tuple[float, Box]] = {}
+    @cached_property
+    def _by_person(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """{person: ((N,) sampled frame indices, increasing, (N,) seconds, (N, 4) boxes)}, built once. Where a merge
+        (``renamed``) gave a person two boxes in one frame, the larger is kept."""
+        rows: dict[str, dict[int, tuple[float, Box]]] = {}
         for t, p in self.person_of.items():
-            if p != person:
-                continue
+            out = rows.setdefault(p, {})
             for i, b in self.tracks[t].boxes.items():
                 if i not in out or b[2] * b[3] > out[i][1][2] * out[i][1][3]:
                     out[i] = (self.tracks[t].times[i], b)
-        return dict(sorted(out.items()))
+        index = {}
+        for p, out in rows.items():
+            frames = np.array(sorted(out), np.int64)
+            times = np.array([out[i][0] for i in frames], np.float64)
+            boxes = np.array([out[i][1] for i in frames], np.float64).reshape(-1, 4)
+            index[p] = (frames, times, boxes)
+        return index
+
+    def _rows(self, person: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if person not in self._by_person:
+            raise KeyError(f"expected a person of {', '.join(self.persons) or 'none'}, found {person!r}")
+        return self._by_person[person]
+
+    def seen(self, person: str) -> dict[int, tuple[float, Box]]:
+        """{sampled frame index: (seconds, box)} of every detection of the person, in frame order."""
+        frames, times, boxes = self._rows(person)
+        return {int(i): (float(s), tuple(map(float, b))) for i, s, b in zip(frames, times, boxes, strict=True)}
 
     def boxes(self, person: str, start: float, end: float) -> dict[int, Box]:
         """{sampled frame index: box} of the person's detections at times in [start, end)."""
-        return {i: b for i, (s, b) in self.seen(person).items() if start <= s < end}
+        frames, times, boxes = self._rows(person)
+        a, b = np.searchsorted(times, [start, end], side="left")
+        return {int(i): tuple(map(float, box)) for i, box in zip(frames[a:b], boxes[a:b], strict=True)}
+
+    def nearest(self, person: str, time: float, within: float) -> tuple[int, Box] | None:
+        """(sampled frame index, box) of the person's detection nearest ``time`` seconds, if within ``within``
+        seconds of it (e.g. the box at a window's centre), else None."""
+        frames, times, boxes = self._rows(person)
+        k = int(np.searchsorted(times, time))
+        near = [j for j in (k - 1, k) if 0 <= j < len(times)]
+        if not near:
+            return None
+        j = min(near, key=lambda j: abs(times[j] - time))
+        return (int(frames[j]), tuple(map(float, boxes[j]))) if abs(times[j] - time) <= within else None
+
+    def detections(self, person: str) -> int:
+        """How many sampled frames show the person: screen time, in sampled frames."""
+        return len(self._rows(person)[0])
+
+    def top(self, n: int) -> list[str]:
+        """The ``n`` persons with the most screen time, in order of first appearance (``--people N``)."""
+        chosen = sorted(self.persons, key=lambda p: -self.detections(p))[:n]
+        return [p for p in self.persons if p in chosen]
 
     def span(self, person: str) -> tuple[float, float]:
         """(first, last) seconds the person is seen."""
-        times = [s for s, _ in self.seen(person).values()]
-        return min(times), max(times)
+        times = self._rows(person)[1]
+        return float(times[0]), float(times[-1])
 
     def renamed(self, mapping: dict[str, str]) -> PersonAssignment:
         """Persons merged and renamed by ``mapping`` (``{"p3": "p1", "p1": "Anna"}``: p3 joins p1, then p1 is
