@@ -152,6 +152,13 @@ def test_tracks_seen_together_are_never_one_person():
     assert persons.persons == ["p1", "p2"]
 
 
+def test_a_merge_keeps_the_merged_tracks_apart_from_those_seen_with_either():
+    alone = [frame({"red": 0.5}) for _ in range(6)]
+    twins = [frame([("red", 0.25), ("red", 0.75)], background=(40, 40, 40)) for _ in range(6)]  # look like it
+    _, _, persons = run(alone + twins)
+    assert persons.persons == ["p1", "p2"]  # the first track joins one twin; the twins stay two
+
+
 def test_a_different_look_after_a_cut_is_a_new_person():
     frames = [frame({"red": 0.5}) for _ in range(6)] + [frame({"green": 0.5}, (40, 40, 40)) for _ in range(6)]
     _, _, persons = run(frames)

@@ -26,7 +26,7 @@ from functools import cached_property
 
 import numpy as np
 
-from tgdfer.data.appearance import BINS, REGIONS, region_distance
+from tgdfer.data.appearance import BINS, REGIONS
 from tgdfer.errors import ConfigError
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) as fractions of the frame's width and height
@@ -97,22 +97,56 @@ class Track:
         self.embeddings += 1
 
 
-def _embedding_distance(a: Track, b: Track) -> float | None:
-    """(1 - cosine) / 2 in [0, 1] of two tracks' mean embeddings, or None where one has none."""
-    if a.embedding_sum is None or b.embedding_sum is None:
-        return None
-    ea, eb = a.embedding_sum, b.embedding_sum
-    return (1 - float(ea @ eb / max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12))) / 2
+class _Stats:
+    """The linker's arrays: per group of tracks, (n, R, B) summed colour histograms and (n, D) summed unit
+    embeddings (zeros where it has none; ``embedded`` (n,) says which have some)."""
+
+    def __init__(self, tracks: list[Track]):
+        self.colour = np.stack([t.colour_sum for t in tracks]) if tracks else np.zeros((0, len(REGIONS), 1))
+        dims = {t.embedding_sum.shape[0] for t in tracks if t.embedding_sum is not None}
+        if len(dims) > 1:
+            raise ConfigError(f"expected embeddings of one size for all tracks, found sizes {sorted(dims)}")
+        dim = dims.pop() if dims else 1
+        zero = np.zeros(dim)
+        self.embedding = np.stack([zero if t.embedding_sum is None else t.embedding_sum for t in tracks] or [zero])
+        self.embedded = np.array([t.embedding_sum is not None for t in tracks], bool)
+
+    def merge(self, i: int, j: int) -> None:
+        self.colour[i] += self.colour[j]
+        self.embedding[i] += self.embedding[j]
+        self.embedded[i] |= self.embedded[j]
+
+    def distances(self, i: int, to: np.ndarray, weight: float, scale: float | None) -> tuple[np.ndarray, ...]:
+        """Group ``i`` against groups ``to`` (k,) -> (linking distance, colour distance, embedding distance or NaN),
+        (k,) each."""
+        colour = _colour_distance(_mean(self.colour[i][None]), _mean(self.colour[to]))  # (k,)
+        unit = self.embedding / np.maximum(np.linalg.norm(self.embedding, axis=-1, keepdims=True), 1e-12)  # (n, D)
+        embedded = np.where(self.embedded[i] & self.embedded[to], (1 - unit[to] @ unit[i]) / 2, np.nan)  # (k,)
+        if scale is None:
+            return colour, colour, embedded
+        blended = (1 - weight) * colour + weight * np.minimum(1.0, scale * embedded)
+        return np.where(np.isnan(embedded), colour, blended), colour, embedded
+
+
+def _mean(colour_sums: np.ndarray) -> np.ndarray:
+    """(k, R, B) summed histograms -> (k, R, B) each region summing to 1, or zeros where never seen."""
+    sums = colour_sums.sum(-1, keepdims=True)
+    return np.divide(colour_sums, sums, out=np.zeros_like(colour_sums, dtype=np.float64), where=sums > 0)
+
+
+def _colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(1, R, B) and (k, R, B) region histograms -> (k,) mean Hellinger distance over the regions both have (1.0,
+    as far as can be, where they share none): ``appearance.region_distance`` for many at once."""
+    both = (a.sum(-1) > 0) & (b.sum(-1) > 0)  # (k, R)
+    hellinger = np.sqrt(np.clip(1.0 - np.sqrt(a * b).sum(-1), 0.0, 1.0))  # (k, R)
+    shared = both.sum(-1)
+    return np.where(shared > 0, (hellinger * both).sum(-1) / np.maximum(shared, 1), 1.0)
 
 
 def track_distance(a: Track, b: Track, embedding_weight: float, embedding_scale: float | None) -> float:
-    """Linking distance in [0, 1] of two tracks (or merged groups): the colour distance, blended with the
-    embeddings' distance times ``embedding_scale`` (capped at 1) where both have embeddings and a scale is known."""
-    colour = region_distance(a.colour(), b.colour())
-    embedded = _embedding_distance(a, b)
-    if embedded is None or embedding_scale is None:
-        return colour
-    return (1 - embedding_weight) * colour + embedding_weight * min(1.0, embedding_scale * embedded)
+    """Linking distance in [0, 1] of two tracks: the colour distance, blended with the embeddings' (1 - cosine) / 2
+    times ``embedding_scale`` (capped at 1) where both have embeddings and a scale is known."""
+    return float(_Stats([a, b]).distances(0, np.array([1]), embedding_weight, embedding_scale)[0][0])
 
 
 def embedding_scale(tracks: list[Track], together: np.ndarray) -> float | None:
@@ -120,35 +154,31 @@ def embedding_scale(tracks: list[Track], together: np.ndarray) -> float | None:
     tracks seen together (``together``: (n, n) bool), which are two persons for sure. An embedding's scale depends on
     the model (a random CLIP's distances are ~100x smaller than a real one's), so the video calibrates it; None
     where no such pair has embeddings (colour alone then)."""
+    return _scale(_Stats(tracks), together)
+
+
+def _scale(stats: _Stats, together: np.ndarray) -> float | None:
     colour, embedded = [], []
-    for i, j in zip(*np.nonzero(np.triu(together, 1)), strict=True):
-        e = _embedding_distance(tracks[i], tracks[j])
-        if e is not None:
-            colour.append(region_distance(tracks[i].colour(), tracks[j].colour()))
-            embedded.append(e)
-    if not embedded or float(np.median(embedded)) <= 1e-9:
+    for i in range(len(together)):
+        partners = np.flatnonzero(together[i, i + 1 :]) + i + 1
+        if len(partners):
+            _, c, e = stats.distances(i, partners, 0.0, None)
+            colour.append(c[~np.isnan(e)])
+            embedded.append(e[~np.isnan(e)])
+    embedded_all = np.concatenate(embedded) if embedded else np.zeros(0)
+    if len(embedded_all) == 0 or float(np.median(embedded_all)) <= 1e-9:
         return None
-    return float(np.median(colour) / np.median(embedded))
-
-
-def _merged(a: Track, b: Track) -> Track:
-    out = Track(a.id, a.shot, {**a.boxes, **b.boxes}, {**a.times, **b.times}, a.colour_sum + b.colour_sum)
-    out.last_index = max(a.last_index, b.last_index)
-    sums = [e for e in (a.embedding_sum, b.embedding_sum) if e is not None]
-    out.embedding_sum = sum(sums) if sums else None
-    out.embeddings = a.embeddings + b.embeddings
-    return out
+    return float(np.median(np.concatenate(colour)) / np.median(embedded_all))
 
 
 def _seen_together(tracks: list[Track]) -> np.ndarray:
     """(n, n) bool: the two tracks have a detection in the same sampled frame."""
-    n = len(tracks)
-    out = np.zeros((n, n), bool)
-    spans = [(min(t.boxes), max(t.boxes)) for t in tracks]
-    for i in range(n):
-        for j in range(i + 1, n):
-            if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1] and tracks[i].boxes.keys() & tracks[j].boxes:
-                out[i, j] = out[j, i] = True
+    starts = np.array([min(t.boxes) for t in tracks], np.int64)
+    ends = np.array([max(t.boxes) for t in tracks], np.int64)
+    overlap = (starts[:, None] <= ends[None, :]) & (starts[None, :] <= ends[:, None])  # (n, n) spans overlap
+    out = np.zeros_like(overlap)
+    for i, j in zip(*np.nonzero(np.triu(overlap, 1)), strict=True):
+        out[i, j] = out[j, i] = bool(tracks[i].boxes.keys() & tracks[j].boxes.keys())
     return out
 
 
@@ -157,29 +187,32 @@ def link(tracks: list[Track], config: LinkConfig = LinkConfig()) -> PersonAssign
     group's distances are recomputed from its summed statistics) while under the threshold and never sharing a
     frame; persons named p1, p2, ... by first appearance."""
     short = tuple(sorted(t.id for t in tracks if len(t.boxes) < config.min_detections))
-    groups = [t for t in sorted(tracks, key=lambda t: t.first) if len(t.boxes) >= config.min_detections]
-    members = [[t.id] for t in groups]
-    together = _seen_together(groups)
-    scale = embedding_scale(groups, together)
-    n = len(groups)
-    dist = np.full((n, n), np.inf)  # (n, n), inf on the diagonal, for pairs seen together and for merged-away rows
-    for i in range(n):
-        for j in range(i + 1, n):
-            if not together[i, j]:
-                dist[i, j] = dist[j, i] = track_distance(groups[i], groups[j], config.embedding_weight, scale)
+    kept = [t for t in sorted(tracks, key=lambda t: t.first) if len(t.boxes) >= config.min_detections]
+    members = [[t.id] for t in kept]
+    firsts = [t.first for t in kept]
+    n, stats, together = len(kept), _Stats(kept), _seen_together(kept)
+    scale = _scale(stats, together)
+    dist = np.full((n, n), np.inf)  # (n, n): inf on the diagonal, for pairs seen together and for merged-away groups
+    for i in range(n - 1):
+        others = np.arange(i + 1, n)
+        dist[i, i + 1 :] = np.where(
+            together[i, i + 1 :], np.inf, stats.distances(i, others, config.embedding_weight, scale)[0]
+        )
+    dist = np.minimum(dist, dist.T)
     while n > 1:
-        i, j = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        i, j = sorted(np.unravel_index(int(np.argmin(dist)), dist.shape))
         if not dist[i, j] < config.link_threshold:
             break
-        i, j = min(i, j), max(i, j)
-        groups[i], members[i], members[j] = _merged(groups[i], groups[j]), members[i] + members[j], []
+        stats.merge(i, j)
+        members[i], members[j] = members[i] + members[j], []
         together[i] |= together[j]
         together[:, i] = together[i]
         dist[j, :] = dist[:, j] = np.inf
-        for k in range(n):
-            if k != i and members[k] and not together[i, k]:
-                dist[i, k] = dist[k, i] = track_distance(groups[i], groups[k], config.embedding_weight, scale)
-    found = sorted((k for k in range(n) if members[k]), key=lambda k: groups[k].first)
+        alive = np.array([k for k in range(n) if members[k] and k != i], np.int64)
+        if len(alive):
+            row = stats.distances(i, alive, config.embedding_weight, scale)[0]
+            dist[i, alive] = dist[alive, i] = np.where(together[i, alive], np.inf, row)
+    found = sorted((k for k in range(n) if members[k]), key=lambda k: firsts[k])
     person_of = {t: f"p{rank + 1}" for rank, k in enumerate(found) for t in members[k]}
     records = {t.id: TrackRecord(t.id, t.shot, dict(t.boxes), dict(t.times)) for t in tracks}
     return PersonAssignment(person_of, records, short)
