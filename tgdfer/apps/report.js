@@ -96,8 +96,9 @@
     const none = el('span', {}, 'no face'); none.prepend(chip(NO_FACE)); chips.append(none);
     legend.append(chips, el('h2', {}, 'Persons'));
     for (const p of persons) legend.append(whoLine(p));
-    document.getElementById('footer').textContent = `tgdfer ${D.tgdfer} · drawn from the timeline CSV; ` +
-      'each row stands for the time between its window centre and its neighbours\'; values at the cursor are the row\'s.';
+    document.getElementById('footer').textContent = `tgdfer ${D.tgdfer} · from the timeline CSV: each row stands ` +
+      'for the time from midway to the previous window centre to midway to the next; the readouts show the row under ' +
+      'the cursor. Click a chart to seek; keys ← → previous / next window, b blur faces.';
   }
   function topShares(share) { // {class: share} -> 'anger 57%, fear 37%, disgust 4%' (the three largest)
     return Object.entries(share).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]).slice(0, 3)
@@ -283,6 +284,8 @@
     for (const p of persons) {
       const r = p.readout, status = k < 0 ? 'outside' : D.status_names[p.status[k]] || 'other';
       r.dataset.t = now.toFixed(3);
+      if (k === p.shownRow) continue; // during playback most frames stay in the same row
+      p.shownRow = k;
       r.dataset.row = k;
       r.dataset.status = status;
       r.dataset.start = k < 0 ? '' : (startMs[k] / 1000).toFixed(3);
@@ -384,8 +387,14 @@
     for (const [s, label] of choices) if (s === 0 || s < tEnd - tStart) spanSelect.append(el('option', { value: s }, label));
     spanSelect.addEventListener('change', () => { spanS = Number(spanSelect.value); view.t0 = view.t1 = NaN; fitView(); drawAll(); });
     blurBox.addEventListener('change', () => { document.body.dataset.blur = blurBox.checked ? 'on' : 'off'; drawOverlay(); });
-    document.addEventListener('keydown', e => {
-      if (e.key === 'b' && !e.ctrlKey && !e.metaKey && e.target.tagName !== 'INPUT') { blurBox.click(); }
+    document.addEventListener('keydown', e => { // b: blur; left/right: the previous/next window's centre
+      if (e.ctrlKey || e.metaKey || e.altKey || ['INPUT', 'SELECT', 'VIDEO'].includes(e.target.tagName)) return;
+      const k = rowAt(now);
+      if (e.key === 'b') blurBox.click();
+      else if (e.key === 'ArrowRight' && k + 1 < W) seek(centres[k + 1]);
+      else if (e.key === 'ArrowLeft' && k > 0) seek(centres[now > centres[k] ? k : k - 1]);
+      else return;
+      e.preventDefault();
     });
     let pending = 0;
     window.addEventListener('resize', () => { cancelAnimationFrame(pending); pending = requestAnimationFrame(() => { drawAll(); drawOverlay(); }); });
