@@ -299,3 +299,22 @@ def test_report_in_chromium_seeks_reads_back_and_blurs(tmp_path, browser, codec,
     _wait(browser, f"return +document.querySelector('.readout').dataset.row === {row + 1}", "the key to step a window")
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+@pytest.mark.integration
+def test_report_without_its_video_says_so_and_still_works(tmp_path, browser):
+    csv_path, json_path = people_timeline(tmp_path, "talk", seconds=30)
+    page = report.write_report(csv_path, json_path, tmp_path / "moved-away.webm")
+    browser.get_log("browser")
+    browser.get(page.resolve().as_uri())
+    note = _wait(
+        browser, "const n = document.getElementById('video-note'); return !n.hidden && n.textContent", "a note"
+    )
+    assert note.startswith("The video cannot be played: moved-away.webm. Put it at that path relative to this page")
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element("id", "chart-2")).click().perform()  # the middle
+    shown, expected = _readouts(browser)["p2"], _expected(csv_path, 15.0)["p2"]
+    assert shown["t"] == pytest.approx(15.0, abs=0.1) and shown["status"] == expected["status"]
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(errors) == 1 and "moved-away.webm - Failed to load resource: net::ERR_FILE_NOT_FOUND" in errors[0]

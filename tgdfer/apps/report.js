@@ -368,13 +368,20 @@
       note.textContent = 'No video was recorded for this timeline: the charts and readouts work without it (click a chart).';
       return;
     }
+    const where = D.video.embedded ? 'the embedded copy' : decodeURI(D.video.src);
+    const convert = 'convert it (ffmpeg -i in.mp4 -c:v libvpx-vp9 -crf 32 -b:v 0 out.webm) and re-create the report';
     video.addEventListener('error', () => {
       videoOk = false;
       drawOverlay();
       note.hidden = false;
-      note.textContent = `The video cannot be played: ${D.video.embedded ? 'the embedded copy' : decodeURI(D.video.src)}. ` +
-        'Put it at that path relative to this page, or re-create the report with --embed-video (small videos). If it ' +
-        'is there, this browser cannot decode it (e.g. ffmpeg -i in.mp4 -c:v libvpx-vp9 out.webm). The charts still work.';
+      note.textContent = `The video cannot be played: ${where}. Put it at that path relative to this page, or ` +
+        're-create the report with --embed-video (small videos). If it is there, this browser cannot decode it: ' +
+        `${convert}. The charts still work.`;
+    });
+    video.addEventListener('loadedmetadata', () => { // a codec the browser lacks can leave the sound alone
+      if (video.videoWidth) return;
+      note.hidden = false;
+      note.textContent = `This browser cannot decode the picture of ${where} (only its sound): ${convert}.`;
     });
     for (const name of ['loadeddata', 'seeked', 'timeupdate', 'pause']) video.addEventListener(name, () => setTime(video.currentTime));
     video.addEventListener('loadedmetadata', () => { videoOk = true; setTime(video.currentTime); });
