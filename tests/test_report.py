@@ -72,7 +72,8 @@ def test_one_face_csv_is_one_person_without_boxes(tmp_path):
         "0.000,2.000,1.000,ok,1.000,sadness,0.200000,0.400000,0.600000,0.450000,0.550000",
         "1.000,3.000,2.000,no_face,0.250,,,,,,",
         "2.000,3.500,2.750,ok,0.750,happiness,0.500000,0.750000,0.250000,0.600000,0.400000",
-        "3.000,3.5",  # cut short by a crash: left out
+        "3.000,3.500,3.250,occluded,0.000,,,,,,",  # a status this report does not know: other (3)
+        "3.500,3.5",  # cut short by a crash: left out
     ]
     path = tmp_path / "clip.timeline.csv"
     path.write_text("\n".join(lines))
@@ -80,9 +81,9 @@ def test_one_face_csv_is_one_person_without_boxes(tmp_path):
     assert rows.classes == names
     (p1,) = rows.persons
     assert p1.name == "p1" and p1.boxes is None
-    assert list(p1.status) == [0, 1, 0] and list(p1.top) == [1, -1, 0]
-    assert np.allclose(p1.face_frac, [1.0, 0.25, 0.75])
-    assert np.allclose(p1.probs[[0, 2]], [[0.4, 0.6], [0.75, 0.25]]) and np.isnan(p1.probs[1]).all()
+    assert list(p1.status) == [0, 1, 0, 3] and list(p1.top) == [1, -1, 0, -1]
+    assert np.allclose(p1.face_frac, [1.0, 0.25, 0.75, 0.0])
+    assert np.allclose(p1.probs[[0, 2]], [[0.4, 0.6], [0.75, 0.25]]) and np.isnan(p1.probs[[1, 3]]).all()
     page = report.write_report(path)  # no JSON header beside it: the legend lacks the run, the page still works
     assert page == tmp_path / "clip.report.html"
     data = _embedded(page)
@@ -138,6 +139,9 @@ def test_a_csv_that_is_not_a_timeline_is_refused(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match=r"expected a timeline CSV .* found columns \['a', 'b'\]"):
         report.read_timeline_rows(path)
+    csv_path, _ = people_timeline(tmp_path, "talk", seconds=10)
+    with pytest.raises(ConfigError, match=r"expected the timeline's JSON header at .*elsewhere.json, found no such"):
+        report.write_report(csv_path, tmp_path / "elsewhere.json")
 
 
 # ------------------------------------------------------------------------------------------- in a browser

@@ -42,7 +42,7 @@ from tgdfer.errors import ConfigError
 from tgdfer.plots import row_bounds
 
 EMBED_LIMIT_BYTES = 64 << 20  # a data URL grows the video by 4/3 and is parsed in one piece by the browser
-STATUS_CODES = ("ok", "no_face", "no_frames")  # the uint8 status of a row is its index here; anything else is 2
+STATUS_CODES = ("ok", "no_face", "no_frames")  # a row's uint8 status is its index here; any other status is 3
 MISSING_U16 = 65535  # an empty probability or face share
 MISSING_BOX = -32768  # an empty box coordinate
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
@@ -91,7 +91,9 @@ def _person_rows(name: str, frame, window: np.ndarray, n: int, classes: tuple[st
     """One person's CSV rows (a DataFrame, numbers parsed, NaN where empty) -> its columns over all n windows;
     ``window`` (R,) is the window index of each of its rows."""
     status = np.full(n, STATUS_CODES.index("no_face"), dtype=np.uint8)  # a window without this person's row
-    status[window] = frame["status"].map({s: i for i, s in enumerate(STATUS_CODES)}).fillna(2).to_numpy()
+    status[window] = (
+        frame["status"].map({s: i for i, s in enumerate(STATUS_CODES)}).fillna(len(STATUS_CODES)).to_numpy()
+    )
     frac = np.full(n, np.nan)
     if "face_frac" in frame:
         frac[window] = frame["face_frac"].to_numpy(dtype=np.float64)
@@ -242,12 +244,14 @@ def write_report(
 ) -> Path:
     """Write the report of a timeline CSV and its JSON header; returns the page's path.
 
-    json_path: default the CSV's ``<stem>.timeline.json`` (optional: without it the legend lacks the run).
+    json_path: default the CSV's ``<stem>.timeline.json`` if there (without one the legend lacks the run).
     video_path: default the header's ``video`` (a relative one is looked up from the working directory, then
     from the CSV's folder); the page refers to it relative to itself, or inlines it with ``embed_video``.
     out_html: default ``<stem>.report.html`` beside the CSV.
     """
     csv_path = Path(csv_path)
+    if json_path is not None and not Path(json_path).is_file():
+        raise ConfigError(f"report: expected the timeline's JSON header at {json_path}, found no such file")
     if json_path is None and csv_path.name.endswith(".timeline.csv"):
         json_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".json")
     header = json.loads(Path(json_path).read_text()) if json_path and Path(json_path).is_file() else {}
