@@ -322,3 +322,15 @@ def test_report_without_its_video_says_so_and_still_works(tmp_path, browser):
     assert shown["t"] == pytest.approx(15.0, abs=0.1) and shown["status"] == expected["status"]
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert len(errors) == 1 and "moved-away.webm - Failed to load resource: net::ERR_FILE_NOT_FOUND" in errors[0]
+
+
+@pytest.mark.integration
+def test_report_with_the_video_embedded_plays_it(tmp_path, browser):
+    csv_path, json_path = people_timeline(tmp_path, "talk", seconds=4, size=(320, 180))
+    video = _checker_video(csv_path, tmp_path / "talk.mp4", "libx264", seconds=4)
+    page = report.write_report(csv_path, json_path, video, tmp_path / "shared" / "talk.report.html", embed_video=True)
+    video.unlink()  # the page alone
+    browser.get(page.resolve().as_uri())
+    size = _wait(browser, "const v = document.getElementById('video'); return v.readyState >= 2 && [v.videoWidth, "
+                 "v.videoHeight]", "the embedded video")  # fmt: skip
+    assert size == [320, 180]

@@ -149,7 +149,7 @@
       });
       head.append(name, p.readout);
       p.wrap = el('div', { class: 'chart', id: `chart-${p.index + 1}`, 'data-person': p.name });
-      p.canvas = el('canvas', { height: CHART_H });
+      p.canvas = el('canvas', { height: CHART_H, role: 'img', 'aria-label': `${p.name}: class probabilities over time` });
       p.cursor = el('div', { class: 'cursor', id: `cursor-${p.index + 1}` });
       p.wrap.append(p.canvas, p.cursor);
       p.wrap.addEventListener('click', e => {
