@@ -48,11 +48,11 @@
     if (!p.boxes || w < 0 || w >= W || p.boxes[4 * w] === MISSING_BOX) return null;
     return [p.boxes[4 * w], p.boxes[4 * w + 1], p.boxes[4 * w + 2], p.boxes[4 * w + 3]];
   }
-  function boxAt(p, t) { // the nearest centre's box, moved linearly towards the neighbouring centre's when it has one
-    const k = rowAt(t), here = box(p, k);
+  function boxAt(p, t) { // the nearest centre's box, moved linearly towards the neighbouring centre's when they
+    const k = rowAt(t), here = box(p, k); // overlap (boxes apart: a cut or a jump, where the box is held)
     if (!here) return null;
     const j = t >= centres[k] ? k + 1 : k - 1, there = box(p, j);
-    if (!there) return here;
+    if (!there || there[0] >= here[2] || there[2] <= here[0] || there[1] >= here[3] || there[3] <= here[1]) return here;
     const a = Math.abs(t - centres[k]) / Math.abs(centres[j] - centres[k]);
     return here.map((v, i) => v + a * (there[i] - v));
   }

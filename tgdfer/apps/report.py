@@ -5,20 +5,21 @@ written for it, no library) and the timeline's data are inlined into ``report.ht
 path relative to the page, or inlined as a base64 data URL (``embed_video``, small videos only).
 
 What the page shows: the video with each person's face box and label drawn over it (the boxes of the windows'
-centre frames, moved linearly between neighbouring centres); per person, the class probabilities over time as a
-stacked area with windows without a face shaded, the top-class strip beneath, a cursor that follows playback and a
-click that seeks; a readout per person of the window under the cursor; a face-blur toggle (for sharing); a legend
-with the run, window, stride and each person's screen time.
+centre frames, moved linearly between neighbouring centres where the two overlap); per person, the class
+probabilities over time as a stacked area with windows without a face shaded, the top-class strip beneath, a
+cursor that follows playback and a click that seeks; a readout per person of the window under the cursor; a
+face-blur toggle (for sharing); a legend with the run, window, stride and each person's screen time.
 
 Data are embedded compactly, column by column, as base64 little-endian typed arrays: probabilities and face shares
 quantised to 1/1000 (uint16, 65535 = empty), boxes in source pixels (int16, -32768 = none), status and top class
-codes (uint8), the rows' time bounds in milliseconds (int32). One hour at a 1 s stride with two persons is ~300 KB.
+codes (uint8), the rows' time bounds in milliseconds (int32). One hour at a 1 s stride with two persons: 335 KB.
 The page draws at most one column of the chart per screen pixel (the mean of the windows in it), so drawing costs
 the same for a minute and for hours.
 
-Reads both timeline CSVs (see the module docstring of ``tgdfer.apps.timeline``): one row per window for the one
-followed face (then one person, ``p1``, without boxes), or one row per (window, person) with ``person`` and
-``x0, y0, x1, y1`` columns. Columns are found by name, so their order does not matter.
+Reads both timeline CSVs: one row per window for the one followed face (``start_s, end_s, center_s, status,
+face_frac, top, margin``, a column per class; read as one person, ``p1``, without boxes), or one row per (window,
+person) with ``person`` and ``x0, y0, x1, y1`` besides (``tgdfer timeline --people``). Columns are found by name,
+so their order does not matter; smoothed columns (``happy_mean5``) are not drawn.
 """
 
 from __future__ import annotations
