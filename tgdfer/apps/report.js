@@ -76,6 +76,12 @@
   const peopleSection = document.getElementById('people'), axisCanvas = document.getElementById('axis-canvas');
   let now = tStart, videoOk = false, spanS = 0;
   const view = { t0: tStart, t1: tEnd };
+  const sizes = { chart: 0, overlayW: 0, overlayH: 0 }; // css pixels, measured on (re)draws, not on every frame
+  function measure() {
+    sizes.chart = persons.length ? persons[0].wrap.clientWidth : 0;
+    sizes.overlayW = overlay.clientWidth;
+    sizes.overlayH = overlay.clientHeight;
+  }
 
   function fillHeader() {
     document.getElementById('title').textContent = `${D.title}: emotion timeline`;
@@ -188,8 +194,8 @@
     }
     return { mean, kind };
   }
-  function sizeCanvas(canvas, cssHeight) {
-    const dpr = window.devicePixelRatio || 1, w = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  function sizeCanvas(canvas, cssWidth, cssHeight) {
+    const dpr = window.devicePixelRatio || 1, w = Math.max(1, Math.round(cssWidth * dpr));
     const h = Math.round(cssHeight * dpr);
     if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
     const ctx = canvas.getContext('2d');
@@ -211,7 +217,7 @@
   };
   const classPixel = classColour.map(rgba), noFacePixel = rgba(NO_FACE);
   function drawChart(p) { // pixels written directly: a few ms for any length of video
-    const { ctx, w, h, dpr } = sizeCanvas(p.canvas, CHART_H);
+    const { ctx, w, h, dpr } = sizeCanvas(p.canvas, sizes.chart, CHART_H);
     const { mean, kind } = columns(p, w);
     const areaH = Math.round(AREA_H * dpr), stripY = Math.round((AREA_H + STRIP_GAP) * dpr);
     const stripEnd = Math.min(h, stripY + Math.round(STRIP_H * dpr));
@@ -236,7 +242,7 @@
     ctx.fillRect(0, Math.round(areaH / 2), w, dpr);
   }
   function drawAxis() {
-    const { ctx, w, dpr } = sizeCanvas(axisCanvas, 20);
+    const { ctx, w, dpr } = sizeCanvas(axisCanvas, axisCanvas.clientWidth, 20);
     ctx.fillStyle = '#5b6474';
     ctx.font = `${11 * dpr}px system-ui, sans-serif`;
     ctx.textBaseline = 'top';
@@ -250,6 +256,7 @@
   }
   function drawAll() {
     const began = performance.now();
+    measure();
     drawAxis();
     for (const p of persons) drawChart(p);
     placeCursors();
@@ -271,7 +278,7 @@
   function placeCursors() {
     const frac = (now - view.t0) / (view.t1 - view.t0);
     for (const p of persons) {
-      const x = frac * p.wrap.clientWidth;
+      const x = frac * sizes.chart;
       p.cursor.style.left = `${x.toFixed(2)}px`;
       p.cursor.hidden = frac < 0 || frac > 1;
       p.cursor.dataset.t = now.toFixed(3);
@@ -326,12 +333,12 @@
     ctx.drawImage(small, 0, 0, small.width, small.height, x, y, w, h);
   }
   function drawOverlay() {
-    const { ctx, dpr } = sizeCanvas(overlay, overlay.clientHeight);
+    const { ctx, dpr } = sizeCanvas(overlay, sizes.overlayW, sizes.overlayH);
     const vw = video.videoWidth, vh = video.videoHeight;
     overlay.dataset.boxes = '[]';
     if (!videoOk || !vw || !vh) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    const ew = overlay.clientWidth, eh = overlay.clientHeight, s = Math.min(ew / vw, eh / vh);
+    const ew = sizes.overlayW, eh = sizes.overlayH, s = Math.min(ew / vw, eh / vh);
     const ox = (ew - vw * s) / 2, oy = (eh - vh * s) / 2;
     const [srcW, srcH] = D.size && D.size[0] ? D.size : [vw, vh]; // the boxes' pixels, maybe not the decoded size
     const blur = blurBox.checked && video.readyState >= 2, k = rowAt(now), drawn = [];
@@ -384,7 +391,7 @@
       note.textContent = `This browser cannot decode the picture of ${where} (only its sound): ${convert}.`;
     });
     for (const name of ['loadeddata', 'seeked', 'timeupdate', 'pause']) video.addEventListener(name, () => setTime(video.currentTime));
-    video.addEventListener('loadedmetadata', () => { videoOk = true; setTime(video.currentTime); });
+    video.addEventListener('loadedmetadata', () => { videoOk = true; measure(); setTime(video.currentTime); });
     const follow = () => { if (!video.paused && !video.ended) { setTime(video.currentTime); requestAnimationFrame(follow); } };
     video.addEventListener('play', () => requestAnimationFrame(follow));
     video.src = D.video.src;
