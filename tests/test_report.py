@@ -301,6 +301,10 @@ def test_report_in_chromium_seeks_reads_back_and_blurs(tmp_path, browser, codec,
     row = _readouts(browser)["p1"]["row"]
     ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()  # the next window's centre
     _wait(browser, f"return +document.querySelector('.readout').dataset.row === {row + 1}", "the key to step a window")
+    before = _readouts(browser)["p1"]["t"]
+    browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
+    _wait(browser, f"return +document.querySelector('.readout').dataset.t > {before} + 0.5", "playback to move on")
+    browser.execute_script("document.getElementById('video').pause()")
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
 
