@@ -12,14 +12,8 @@ import pytest
 
 from tgdfer.data.appearance import CutConfig, ShotCuts, region_distance, region_histograms
 from tgdfer.data.faces import Face
-from tgdfer.data.persons import (
-    PersonAssignment,
-    PersonsConfig,
-    PersonTracker,
-    Track,
-    link,
-    track_distance,
-)
+from tgdfer.data.identity import LinkConfig, PersonAssignment, Track, embedding_scale, link, track_distance
+from tgdfer.data.persons import PersonsConfig, PersonTracker
 from tgdfer.errors import ConfigError
 
 W, H = 240, 160
@@ -33,9 +27,15 @@ LOOKS = {  # person -> (hair, clothing) RGB
 
 
 class SkinDetector:
-    """Every skin square of a drawn frame, as ``FaceDetector.faces`` gives faces."""
+    """Every skin square of a drawn frame, as ``FaceDetector.faces`` gives faces, and those near a box, as
+    ``faces_near`` does; ``searches`` counts the calls of each."""
 
-    def faces(self, frame: np.ndarray) -> list[Face]:
+    backend = "blazeface"  # zoomed searches allowed
+
+    def __init__(self):
+        self.searches = {"whole": 0, "near": 0}
+
+    def _all(self, frame: np.ndarray) -> list[Face]:
         mask = np.all(frame == np.array(SKIN, np.uint8), axis=-1).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
         out = [
@@ -44,6 +44,15 @@ class SkinDetector:
             if area >= 9  # a square cut to a sliver at the frame's edge is no face
         ]
         return sorted(out, key=lambda f: -f.box[2] * f.box[3])
+
+    def faces(self, frame: np.ndarray) -> list[Face]:
+        self.searches["whole"] += 1
+        return self._all(frame)
+
+    def faces_near(self, frame: np.ndarray, box) -> list[Face]:
+        self.searches["near"] += 1
+        cx = box[0] + box[2] / 2
+        return [f for f in self._all(frame) if abs(f.box[0] + f.box[2] / 2 - cx) < box[2]]
 
 
 def frame(people: dict[str, float] | list[tuple[str, float]], background=(90, 90, 90), y: float = 0.3) -> np.ndarray:
@@ -79,7 +88,7 @@ def test_two_persons_are_followed_and_named_by_first_appearance():
     assert len(tracker.tracks) == 2 and persons.persons == ["p1", "p2"]
     assert people_at(found, persons, 0).keys() == {"p1"}  # red came first
     assert people_at(found, persons, 10) == pytest.approx({"p1": 0.37, "p2": 0.63}, abs=0.01)
-    assert persons.span("p1") == (0.0, 10 / 8) and persons.span("p2") == (3 / 8, 10 / 8)
+    assert persons.span("p1") == (0.0, 10 / 8) and persons.span("p2") == (4 / 8, 10 / 8)  # at a whole search
 
 
 def test_a_person_who_leaves_and_comes_back_keeps_the_id():
@@ -97,14 +106,21 @@ def test_a_person_who_leaves_and_comes_back_keeps_the_id():
 CROSSING = [frame({"red": 0.30, "blue": 0.56}), frame({"red": 0.50, "blue": 0.36})]
 
 
+def test_between_whole_searches_only_the_tracked_faces_are_searched():
+    frames = [frame({"red": 0.3})] * 2 + [frame({"red": 0.3, "blue": 0.7})] * 5
+    tracker, found, _ = run(frames, PersonsConfig(detect_every=4, link=LinkConfig(min_detections=1)))
+    assert [len(found[i]) for i in range(7)] == [1, 1, 1, 1, 2, 2, 2]  # blue is found at the next whole search
+    assert tracker.detector.searches == {"whole": 2, "near": 3 + 4}  # frames 0 and 4; red 1-3, red and blue 5-6
+
+
 def test_crossing_faces_keep_their_tracks_by_colour():
-    tracker, found, _ = run(CROSSING, PersonsConfig(min_detections=1, gate=2.5))
+    tracker, found, _ = run(CROSSING, PersonsConfig(link=LinkConfig(min_detections=1), gate=2.5))
     red = {d.track for i in range(2) for d in found[i] if round(d.box[0] + d.box[2] / 2, 2) in (0.30, 0.50)}
     assert len(tracker.tracks) == 2 and len(red) == 1  # red's detections are one track
 
 
 def test_by_overlap_alone_the_crossing_faces_would_swap():
-    blind = PersonsConfig(min_detections=1, gate=2.5, appearance_weight=0.0, appearance_gate=1.0)
+    blind = PersonsConfig(link=LinkConfig(min_detections=1), gate=2.5, appearance_weight=0.0, appearance_gate=1.0)
     _, found, _ = run(CROSSING, blind)
     red = {d.track for i in range(2) for d in found[i] if round(d.box[0] + d.box[2] / 2, 2) in (0.30, 0.50)}
     assert len(red) == 2  # what the colour term prevents
@@ -136,6 +152,13 @@ def test_tracks_seen_together_are_never_one_person():
     assert persons.persons == ["p1", "p2"]
 
 
+def test_a_merge_keeps_the_merged_tracks_apart_from_those_seen_with_either():
+    alone = [frame({"red": 0.5}) for _ in range(6)]
+    twins = [frame([("red", 0.25), ("red", 0.75)], background=(40, 40, 40)) for _ in range(6)]  # look like it
+    _, _, persons = run(alone + twins)
+    assert persons.persons == ["p1", "p2"]  # the first track joins one twin; the twins stay two
+
+
 def test_a_different_look_after_a_cut_is_a_new_person():
     frames = [frame({"red": 0.5}) for _ in range(6)] + [frame({"green": 0.5}, (40, 40, 40)) for _ in range(6)]
     _, _, persons = run(frames)
@@ -152,16 +175,31 @@ def _track(colour: np.ndarray, embedding=None, frames=(0,)) -> Track:
     return t
 
 
-def test_embeddings_blend_into_the_linking_distance():
-    colour = region_histograms(frame({"red": 0.5}), (0.42, 0.3, SIDE, SIDE * W / H))
-    a, b = _track(colour, [1.0, 0.0]), _track(colour, [0.0, 1.0])
-    assert track_distance(a, b, 0.3) == pytest.approx(0.3 * 0.5)  # colours equal; cosine 0 -> (1 - 0) / 2
-    assert track_distance(a, _track(colour, [2.0, 0.0]), 0.3) == pytest.approx(0.0, abs=1e-9)
-    assert track_distance(a, _track(colour), 0.3) == pytest.approx(0.0, abs=1e-9)  # one without: colour alone
+def test_embeddings_blend_into_the_linking_distance_at_colour_scale():
+    colour = region_histograms(frame({"red": 0.5}), (0.45, 0.3, SIDE, SIDE * W / H))
+    a, b = _track(colour, [1.0, 0.0]), _track(colour, [0.0, 1.0])  # colours equal; embeddings' (1 - cos) / 2 = 0.5
+    assert track_distance(a, b, 0.3, 1.5) == pytest.approx(0.3 * min(1.0, 1.5 * 0.5))
+    assert track_distance(a, b, 0.3, 4.0) == pytest.approx(0.3)  # capped at 1
+    assert track_distance(a, b, 0.3, None) == pytest.approx(0.0, abs=1e-9)  # no scale known: colour alone
+    assert track_distance(a, _track(colour, [2.0, 0.0]), 0.3, 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert track_distance(a, _track(colour), 0.3, 1.0) == pytest.approx(0.0, abs=1e-9)  # one without: colour alone
     tracker = PersonTracker(PersonsConfig(), detector=SkinDetector())
     tracker.update(frame({"red": 0.5}), 0.0, 0)
     tracker.describe(0, np.array([3.0, 4.0]))
     assert tracker.tracks[0].embedding_sum == pytest.approx([0.6, 0.8])  # normalised before the mean
+
+
+def test_the_embedding_scale_comes_from_tracks_seen_together():
+    tracker, _, _ = run([frame({"red": 0.3, "blue": 0.7}) for _ in range(5)] + [frame({"green": 0.5})] * 5)
+    red, blue, green = (tracker.tracks[t] for t in (0, 1, 2))
+    for t, v in ((red, [1.0, 0.0]), (blue, [0.8, 0.6]), (green, [0.0, 1.0])):
+        tracker.describe(t.id, np.array(v))
+    together = np.array([[False, True, False], [True, False, False], [False, False, False]])
+    scale = embedding_scale([red, blue, green], together)  # red and blue, seen together, are two persons
+    assert scale == pytest.approx(region_distance(red.colour(), blue.colour()) / ((1 - 0.8) / 2))
+    assert embedding_scale([red, green], np.zeros((2, 2), bool)) is None  # no pair known to be two persons
+    red.embedding_sum = blue.embedding_sum = None
+    assert embedding_scale([red, blue, green], together) is None  # the pair has no embeddings
 
 
 def test_region_histograms_and_distance():
@@ -193,6 +231,11 @@ def test_assignment_boxes_rename_and_json():
     _, _, persons = run(frames)
     assert sorted(persons.boxes("p2", 0.0, 0.5)) == [0, 1, 2, 3]  # times i / 8 < 0.5
     assert persons.boxes("p2", 1.0, 2.0) == {}
+    assert persons.nearest("p2", 0.3, within=0.1) == (2, persons.seen("p2")[2][1])  # 0.25 s is nearest
+    assert persons.nearest("p2", 2.0, within=0.5) is None  # blue left at 0.625 s
+    assert persons.detections("p1") == 10 and persons.detections("p2") == 6 and persons.top(1) == ["p1"]
+    with pytest.raises(KeyError, match="p9"):
+        persons.boxes("p9", 0, 1)
     back = PersonAssignment.from_dict(json.loads(json.dumps(persons.to_dict())))
     assert back == persons
     merged = persons.renamed({"p2": "p1", "p1": "Anna"})
@@ -204,6 +247,6 @@ def test_assignment_boxes_rename_and_json():
 def test_link_of_nothing_and_config_checks():
     assert link([]).persons == []
     with pytest.raises(ConfigError, match="link_threshold"):
-        PersonsConfig(link_threshold=1.5)
+        LinkConfig(link_threshold=1.5)
     with pytest.raises(ConfigError, match="gate"):
         PersonsConfig(gate=0)

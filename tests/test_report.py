@@ -72,7 +72,8 @@ def test_one_face_csv_is_one_person_without_boxes(tmp_path):
         "0.000,2.000,1.000,ok,1.000,sadness,0.200000,0.400000,0.600000,0.450000,0.550000",
         "1.000,3.000,2.000,no_face,0.250,,,,,,",
         "2.000,3.500,2.750,ok,0.750,happiness,0.500000,0.750000,0.250000,0.600000,0.400000",
-        "3.000,3.5",  # cut short by a crash: left out
+        "3.000,3.500,3.250,occluded,0.000,,,,,,",  # a status this report does not know: other (3)
+        "3.500,3.5",  # cut short by a crash: left out
     ]
     path = tmp_path / "clip.timeline.csv"
     path.write_text("\n".join(lines))
@@ -80,9 +81,9 @@ def test_one_face_csv_is_one_person_without_boxes(tmp_path):
     assert rows.classes == names
     (p1,) = rows.persons
     assert p1.name == "p1" and p1.boxes is None
-    assert list(p1.status) == [0, 1, 0] and list(p1.top) == [1, -1, 0]
-    assert np.allclose(p1.face_frac, [1.0, 0.25, 0.75])
-    assert np.allclose(p1.probs[[0, 2]], [[0.4, 0.6], [0.75, 0.25]]) and np.isnan(p1.probs[1]).all()
+    assert list(p1.status) == [0, 1, 0, 3] and list(p1.top) == [1, -1, 0, -1]
+    assert np.allclose(p1.face_frac, [1.0, 0.25, 0.75, 0.0])
+    assert np.allclose(p1.probs[[0, 2]], [[0.4, 0.6], [0.75, 0.25]]) and np.isnan(p1.probs[[1, 3]]).all()
     page = report.write_report(path)  # no JSON header beside it: the legend lacks the run, the page still works
     assert page == tmp_path / "clip.report.html"
     data = _embedded(page)
@@ -138,6 +139,9 @@ def test_a_csv_that_is_not_a_timeline_is_refused(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match=r"expected a timeline CSV .* found columns \['a', 'b'\]"):
         report.read_timeline_rows(path)
+    csv_path, _ = people_timeline(tmp_path, "talk", seconds=10)
+    with pytest.raises(ConfigError, match=r"expected the timeline's JSON header at .*elsewhere.json, found no such"):
+        report.write_report(csv_path, tmp_path / "elsewhere.json")
 
 
 # ------------------------------------------------------------------------------------------- in a browser
@@ -213,14 +217,14 @@ def _seek(browser, t: float) -> None:
     _wait(browser, done, f"the seek to {t} s")
 
 
-def _edges(png: bytes, box: list[float]) -> float:
-    """Mean absolute horizontal difference of the screenshot's pixels in the middle half of a css-pixel box."""
+def _contrast(png: bytes, box: list[float]) -> float:
+    """Standard deviation of the screenshot's grey levels in the middle half of a css-pixel box."""
     from PIL import Image
 
     image = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
     _, x, y, w, h = box
     crop = image[round(y + h / 4) : round(y + 3 * h / 4), round(x + w / 4) : round(x + 3 * w / 4)]
-    return float(np.abs(np.diff(crop, axis=1)).mean())
+    return float(crop.std())
 
 
 def _expected(csv_path: Path, t: float) -> dict[str, dict]:
@@ -280,18 +284,57 @@ def test_report_in_chromium_seeks_reads_back_and_blurs(tmp_path, browser, codec,
         "const r = document.getElementById('overlay').getBoundingClientRect(); return [r.x, r.y]"
     )
     box = [boxes[0][0], boxes[0][1] + stage[0], boxes[0][2] + stage[1], boxes[0][3], boxes[0][4]]
-    sharp = _edges(browser.get_screenshot_as_png(), box)
+    sharp = _contrast(browser.get_screenshot_as_png(), box)
     browser.find_element("id", "blur").click()
     assert browser.execute_script("return document.body.dataset.blur") == "on"
-    blurred = _edges(browser.get_screenshot_as_png(), box)
-    assert sharp > 10 and blurred < sharp / 4, (sharp, blurred)  # the box is on the checkerboard, then blurred
+    blurred = _contrast(browser.get_screenshot_as_png(), box)
+    assert sharp > 60 and blurred < sharp / 4, (sharp, blurred)  # the box is on the checkerboard, then blurred
 
     chart = browser.find_element("id", "chart-1")
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
 
     ActionChains(browser).move_to_element_with_offset(chart, round(width * 0.8 - width / 2), 0).click().perform()
     target = t0 + 0.8 * (t1 - t0)
     moved = f"const v = document.getElementById('video'); return !v.seeking && Math.abs(v.currentTime - {target}) < 0.1"
     _wait(browser, moved, "the click to seek the video")
+    row = _readouts(browser)["p1"]["row"]
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()  # the next window's centre
+    _wait(browser, f"return +document.querySelector('.readout').dataset.row === {row + 1}", "the key to step a window")
+    before = _readouts(browser)["p1"]["t"]
+    browser.execute_script("const v = document.getElementById('video'); v.muted = true; v.play()")
+    _wait(browser, f"return +document.querySelector('.readout').dataset.t > {before} + 0.5", "playback to move on")
+    browser.execute_script("document.getElementById('video').pause()")
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+@pytest.mark.integration
+def test_report_without_its_video_says_so_and_still_works(tmp_path, browser):
+    csv_path, json_path = people_timeline(tmp_path, "talk", seconds=30)
+    page = report.write_report(csv_path, json_path, tmp_path / "moved-away.webm")
+    browser.get_log("browser")
+    browser.get(page.resolve().as_uri())
+    note = _wait(
+        browser, "const n = document.getElementById('video-note'); return !n.hidden && n.textContent", "a note"
+    )
+    assert note.startswith("The video cannot be played: moved-away.webm. Put it at that path relative to this page")
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element("id", "chart-2")).click().perform()  # the middle
+    shown, expected = _readouts(browser)["p2"], _expected(csv_path, 15.0)["p2"]
+    assert shown["t"] == pytest.approx(15.0, abs=0.1) and shown["status"] == expected["status"]
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert len(errors) == 1 and "moved-away.webm - Failed to load resource: net::ERR_FILE_NOT_FOUND" in errors[0]
+
+
+@pytest.mark.integration
+def test_report_with_the_video_embedded_plays_it(tmp_path, browser):
+    csv_path, json_path = people_timeline(tmp_path, "talk", seconds=4, size=(320, 180))
+    video = _checker_video(csv_path, tmp_path / "talk.mp4", "libx264", seconds=4)
+    page = report.write_report(csv_path, json_path, video, tmp_path / "shared" / "talk.report.html", embed_video=True)
+    video.unlink()  # the page alone
+    browser.get(page.resolve().as_uri())
+    size = _wait(browser, "const v = document.getElementById('video'); return v.readyState >= 2 && [v.videoWidth, "
+                 "v.videoHeight]", "the embedded video")  # fmt: skip
+    assert size == [320, 180]

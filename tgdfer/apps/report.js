@@ -48,11 +48,11 @@
     if (!p.boxes || w < 0 || w >= W || p.boxes[4 * w] === MISSING_BOX) return null;
     return [p.boxes[4 * w], p.boxes[4 * w + 1], p.boxes[4 * w + 2], p.boxes[4 * w + 3]];
   }
-  function boxAt(p, t) { // the nearest centre's box, moved linearly towards the neighbouring centre's when it has one
-    const k = rowAt(t), here = box(p, k);
+  function boxAt(p, t) { // the nearest centre's box, moved linearly towards the neighbouring centre's when they
+    const k = rowAt(t), here = box(p, k); // overlap (boxes apart: a cut or a jump, where the box is held)
     if (!here) return null;
     const j = t >= centres[k] ? k + 1 : k - 1, there = box(p, j);
-    if (!there) return here;
+    if (!there || there[0] >= here[2] || there[2] <= here[0] || there[1] >= here[3] || there[3] <= here[1]) return here;
     const a = Math.abs(t - centres[k]) / Math.abs(centres[j] - centres[k]);
     return here.map((v, i) => v + a * (there[i] - v));
   }
@@ -76,6 +76,12 @@
   const peopleSection = document.getElementById('people'), axisCanvas = document.getElementById('axis-canvas');
   let now = tStart, videoOk = false, spanS = 0;
   const view = { t0: tStart, t1: tEnd };
+  const sizes = { chart: 0, overlayW: 0, overlayH: 0 }; // css pixels, measured on (re)draws, not on every frame
+  function measure() {
+    sizes.chart = persons.length ? persons[0].wrap.clientWidth : 0;
+    sizes.overlayW = overlay.clientWidth;
+    sizes.overlayH = overlay.clientHeight;
+  }
 
   function fillHeader() {
     document.getElementById('title').textContent = `${D.title}: emotion timeline`;
@@ -96,8 +102,9 @@
     const none = el('span', {}, 'no face'); none.prepend(chip(NO_FACE)); chips.append(none);
     legend.append(chips, el('h2', {}, 'Persons'));
     for (const p of persons) legend.append(whoLine(p));
-    document.getElementById('footer').textContent = `tgdfer ${D.tgdfer} · drawn from the timeline CSV; ` +
-      'each row stands for the time between its window centre and its neighbours\'; values at the cursor are the row\'s.';
+    document.getElementById('footer').textContent = `tgdfer ${D.tgdfer} · from the timeline CSV: each row stands ` +
+      'for the time from midway to the previous window centre to midway to the next; the readouts show the row under ' +
+      'the cursor. Click a chart to seek; keys ← → previous / next window, b blur faces.';
   }
   function topShares(share) { // {class: share} -> 'anger 57%, fear 37%, disgust 4%' (the three largest)
     return Object.entries(share).filter(e => e[1] > 0).sort((a, b) => b[1] - a[1]).slice(0, 3)
@@ -148,7 +155,7 @@
       });
       head.append(name, p.readout);
       p.wrap = el('div', { class: 'chart', id: `chart-${p.index + 1}`, 'data-person': p.name });
-      p.canvas = el('canvas', { height: CHART_H });
+      p.canvas = el('canvas', { height: CHART_H, role: 'img', 'aria-label': `${p.name}: class probabilities over time` });
       p.cursor = el('div', { class: 'cursor', id: `cursor-${p.index + 1}` });
       p.wrap.append(p.canvas, p.cursor);
       p.wrap.addEventListener('click', e => {
@@ -187,8 +194,8 @@
     }
     return { mean, kind };
   }
-  function sizeCanvas(canvas, cssHeight) {
-    const dpr = window.devicePixelRatio || 1, w = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  function sizeCanvas(canvas, cssWidth, cssHeight) {
+    const dpr = window.devicePixelRatio || 1, w = Math.max(1, Math.round(cssWidth * dpr));
     const h = Math.round(cssHeight * dpr);
     if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
     const ctx = canvas.getContext('2d');
@@ -210,7 +217,7 @@
   };
   const classPixel = classColour.map(rgba), noFacePixel = rgba(NO_FACE);
   function drawChart(p) { // pixels written directly: a few ms for any length of video
-    const { ctx, w, h, dpr } = sizeCanvas(p.canvas, CHART_H);
+    const { ctx, w, h, dpr } = sizeCanvas(p.canvas, sizes.chart, CHART_H);
     const { mean, kind } = columns(p, w);
     const areaH = Math.round(AREA_H * dpr), stripY = Math.round((AREA_H + STRIP_GAP) * dpr);
     const stripEnd = Math.min(h, stripY + Math.round(STRIP_H * dpr));
@@ -235,7 +242,7 @@
     ctx.fillRect(0, Math.round(areaH / 2), w, dpr);
   }
   function drawAxis() {
-    const { ctx, w, dpr } = sizeCanvas(axisCanvas, 20);
+    const { ctx, w, dpr } = sizeCanvas(axisCanvas, axisCanvas.clientWidth, 20);
     ctx.fillStyle = '#5b6474';
     ctx.font = `${11 * dpr}px system-ui, sans-serif`;
     ctx.textBaseline = 'top';
@@ -249,6 +256,7 @@
   }
   function drawAll() {
     const began = performance.now();
+    measure();
     drawAxis();
     for (const p of persons) drawChart(p);
     placeCursors();
@@ -270,7 +278,7 @@
   function placeCursors() {
     const frac = (now - view.t0) / (view.t1 - view.t0);
     for (const p of persons) {
-      const x = frac * p.wrap.clientWidth;
+      const x = frac * sizes.chart;
       p.cursor.style.left = `${x.toFixed(2)}px`;
       p.cursor.hidden = frac < 0 || frac > 1;
       p.cursor.dataset.t = now.toFixed(3);
@@ -283,6 +291,8 @@
     for (const p of persons) {
       const r = p.readout, status = k < 0 ? 'outside' : D.status_names[p.status[k]] || 'other';
       r.dataset.t = now.toFixed(3);
+      if (k === p.shownRow) continue; // during playback most frames stay in the same row
+      p.shownRow = k;
       r.dataset.row = k;
       r.dataset.status = status;
       r.dataset.start = k < 0 ? '' : (startMs[k] / 1000).toFixed(3);
@@ -323,12 +333,12 @@
     ctx.drawImage(small, 0, 0, small.width, small.height, x, y, w, h);
   }
   function drawOverlay() {
-    const { ctx, dpr } = sizeCanvas(overlay, overlay.clientHeight);
+    const { ctx, dpr } = sizeCanvas(overlay, sizes.overlayW, sizes.overlayH);
     const vw = video.videoWidth, vh = video.videoHeight;
     overlay.dataset.boxes = '[]';
     if (!videoOk || !vw || !vh) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    const ew = overlay.clientWidth, eh = overlay.clientHeight, s = Math.min(ew / vw, eh / vh);
+    const ew = sizes.overlayW, eh = sizes.overlayH, s = Math.min(ew / vw, eh / vh);
     const ox = (ew - vw * s) / 2, oy = (eh - vh * s) / 2;
     const [srcW, srcH] = D.size && D.size[0] ? D.size : [vw, vh]; // the boxes' pixels, maybe not the decoded size
     const blur = blurBox.checked && video.readyState >= 2, k = rowAt(now), drawn = [];
@@ -365,16 +375,23 @@
       note.textContent = 'No video was recorded for this timeline: the charts and readouts work without it (click a chart).';
       return;
     }
+    const where = D.video.embedded ? 'the embedded copy' : decodeURI(D.video.src);
+    const convert = 'convert it (ffmpeg -i in.mp4 -c:v libvpx-vp9 -crf 32 -b:v 0 out.webm) and re-create the report';
     video.addEventListener('error', () => {
       videoOk = false;
       drawOverlay();
       note.hidden = false;
-      note.textContent = `The video cannot be played: ${D.video.embedded ? 'the embedded copy' : decodeURI(D.video.src)}. ` +
-        'Put it at that path relative to this page, or re-create the report with --embed-video (small videos). If it ' +
-        'is there, this browser cannot decode it (e.g. ffmpeg -i in.mp4 -c:v libvpx-vp9 out.webm). The charts still work.';
+      note.textContent = `The video cannot be played: ${where}. Put it at that path relative to this page, or ` +
+        're-create the report with --embed-video (small videos). If it is there, this browser cannot decode it: ' +
+        `${convert}. The charts still work.`;
+    });
+    video.addEventListener('loadedmetadata', () => { // a codec the browser lacks can leave the sound alone
+      if (video.videoWidth) return;
+      note.hidden = false;
+      note.textContent = `This browser cannot decode the picture of ${where} (only its sound): ${convert}.`;
     });
     for (const name of ['loadeddata', 'seeked', 'timeupdate', 'pause']) video.addEventListener(name, () => setTime(video.currentTime));
-    video.addEventListener('loadedmetadata', () => { videoOk = true; setTime(video.currentTime); });
+    video.addEventListener('loadedmetadata', () => { videoOk = true; measure(); setTime(video.currentTime); });
     const follow = () => { if (!video.paused && !video.ended) { setTime(video.currentTime); requestAnimationFrame(follow); } };
     video.addEventListener('play', () => requestAnimationFrame(follow));
     video.src = D.video.src;
@@ -384,8 +401,14 @@
     for (const [s, label] of choices) if (s === 0 || s < tEnd - tStart) spanSelect.append(el('option', { value: s }, label));
     spanSelect.addEventListener('change', () => { spanS = Number(spanSelect.value); view.t0 = view.t1 = NaN; fitView(); drawAll(); });
     blurBox.addEventListener('change', () => { document.body.dataset.blur = blurBox.checked ? 'on' : 'off'; drawOverlay(); });
-    document.addEventListener('keydown', e => {
-      if (e.key === 'b' && !e.ctrlKey && !e.metaKey && e.target.tagName !== 'INPUT') { blurBox.click(); }
+    document.addEventListener('keydown', e => { // b: blur; left/right: the previous/next window's centre
+      if (e.ctrlKey || e.metaKey || e.altKey || ['INPUT', 'SELECT', 'VIDEO'].includes(e.target.tagName)) return;
+      const k = rowAt(now);
+      if (e.key === 'b') blurBox.click();
+      else if (e.key === 'ArrowRight' && k + 1 < W) seek(centres[k + 1]);
+      else if (e.key === 'ArrowLeft' && k > 0) seek(centres[now > centres[k] ? k : k - 1]);
+      else return;
+      e.preventDefault();
     });
     let pending = 0;
     window.addEventListener('resize', () => { cancelAnimationFrame(pending); pending = requestAnimationFrame(() => { drawAll(); drawOverlay(); }); });

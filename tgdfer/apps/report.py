@@ -5,20 +5,21 @@ written for it, no library) and the timeline's data are inlined into ``report.ht
 path relative to the page, or inlined as a base64 data URL (``embed_video``, small videos only).
 
 What the page shows: the video with each person's face box and label drawn over it (the boxes of the windows'
-centre frames, moved linearly between neighbouring centres); per person, the class probabilities over time as a
-stacked area with windows without a face shaded, the top-class strip beneath, a cursor that follows playback and a
-click that seeks; a readout per person of the window under the cursor; a face-blur toggle (for sharing); a legend
-with the run, window, stride and each person's screen time.
+centre frames, moved linearly between neighbouring centres where the two overlap); per person, the class
+probabilities over time as a stacked area with windows without a face shaded, the top-class strip beneath, a
+cursor that follows playback and a click that seeks; a readout per person of the window under the cursor; a
+face-blur toggle (for sharing); a legend with the run, window, stride and each person's screen time.
 
 Data are embedded compactly, column by column, as base64 little-endian typed arrays: probabilities and face shares
 quantised to 1/1000 (uint16, 65535 = empty), boxes in source pixels (int16, -32768 = none), status and top class
-codes (uint8), the rows' time bounds in milliseconds (int32). One hour at a 1 s stride with two persons is ~300 KB.
+codes (uint8), the rows' time bounds in milliseconds (int32). One hour at a 1 s stride with two persons: 335 KB.
 The page draws at most one column of the chart per screen pixel (the mean of the windows in it), so drawing costs
 the same for a minute and for hours.
 
-Reads both timeline CSVs (see the module docstring of ``tgdfer.apps.timeline``): one row per window for the one
-followed face (then one person, ``p1``, without boxes), or one row per (window, person) with ``person`` and
-``x0, y0, x1, y1`` columns. Columns are found by name, so their order does not matter.
+Reads both timeline CSVs: one row per window for the one followed face (``start_s, end_s, center_s, status,
+face_frac, top, margin``, a column per class; read as one person, ``p1``, without boxes), or one row per (window,
+person) with ``person`` and ``x0, y0, x1, y1`` besides (``tgdfer timeline --people``). Columns are found by name,
+so their order does not matter; smoothed columns (``happy_mean5``) are not drawn.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tgdfer.errors import ConfigError
 from tgdfer.plots import row_bounds
 
 EMBED_LIMIT_BYTES = 64 << 20  # a data URL grows the video by 4/3 and is parsed in one piece by the browser
-STATUS_CODES = ("ok", "no_face", "no_frames")  # the uint8 status of a row is its index here; anything else is 2
+STATUS_CODES = ("ok", "no_face", "no_frames")  # a row's uint8 status is its index here; any other status is 3
 MISSING_U16 = 65535  # an empty probability or face share
 MISSING_BOX = -32768  # an empty box coordinate
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
@@ -87,8 +88,27 @@ def _class_columns(header: list[str]) -> tuple[str, ...]:
     return tuple(c for c in rest if not ((m := _SMOOTHED.match(c)) and m["name"] in rest))
 
 
-def _number(text: str) -> float:
-    return float(text) if text.strip() else np.nan
+def _person_rows(name: str, frame, window: np.ndarray, n: int, classes: tuple[str, ...]) -> PersonRows:
+    """One person's CSV rows (a DataFrame, numbers parsed, NaN where empty) -> its columns over all n windows;
+    ``window`` (R,) is the window index of each of its rows."""
+    status = np.full(n, STATUS_CODES.index("no_face"), dtype=np.uint8)  # a window without this person's row
+    status[window] = (
+        frame["status"].map({s: i for i, s in enumerate(STATUS_CODES)}).fillna(len(STATUS_CODES)).to_numpy()
+    )
+    frac = np.full(n, np.nan)
+    if "face_frac" in frame:
+        frac[window] = frame["face_frac"].to_numpy(dtype=np.float64)
+    probs = np.full((n, len(classes)), np.nan)
+    probs[window] = frame[list(classes)].to_numpy(dtype=np.float64)
+    probs[status != 0] = np.nan
+    boxes = None
+    if all(c in frame for c in BOX_COLUMNS):
+        boxes = np.full((n, 4), np.nan)
+        boxes[window] = frame[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)
+    top = np.where(status == 0, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
+    if "top" in frame:  # the CSV's own choice (ties broken by the timeline), where it names a class
+        top[window] = frame["top"].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy()
+    return PersonRows(name, status, frac, boxes, probs, top)
 
 
 def read_timeline_rows(csv_path: str | Path, classes: tuple[str, ...] | None = None) -> TimelineRows:
@@ -96,9 +116,11 @@ def read_timeline_rows(csv_path: str | Path, classes: tuple[str, ...] | None = N
 
     A last line cut short by a crash is left out, as ``--resume`` does.
     """
+    import pandas as pd
+
     text = Path(csv_path).read_text()
-    rows = list(csv.reader(io.StringIO(text if text.endswith("\n") else text[: text.rfind("\n") + 1])))
-    header = rows[0] if rows else []
+    text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    header = next(csv.reader(io.StringIO(text)), [])
     classes = tuple(classes) if classes is not None else _class_columns(header)
     missing = [c for c in ("start_s", "end_s", "status", *classes) if c not in header]
     if missing or not classes:
@@ -106,37 +128,22 @@ def read_timeline_rows(csv_path: str | Path, classes: tuple[str, ...] | None = N
             f"{csv_path}: expected a timeline CSV (start_s, end_s, status and one column per class), found columns "
             f"{header} (missing {missing or 'class columns'}): pass the .timeline.csv that tgdfer timeline wrote"
         )
-    col = {name: i for i, name in enumerate(header)}
-    body = [r for r in rows[1:] if len(r) == len(header)]
-    if not body:
+    text_columns = {c: str for c in ("person", "status", "top") if c in header}  # "NA" stays a name
+    numbers = [c for c in header if c not in text_columns]
+    frame = pd.read_csv(  # numbers parsed in C, an empty cell as NaN; names and words as written
+        io.StringIO(text), dtype=text_columns, keep_default_na=False, na_values={c: [""] for c in numbers}
+    )
+    if frame.empty:
         raise ConfigError(f"{csv_path}: expected at least one window row, found none: rerun the timeline")
-    keys = sorted({(float(r[col["start_s"]]), float(r[col["end_s"]])) for r in body})
-    where = {k: w for w, k in enumerate(keys)}
-    names = list(dict.fromkeys(r[col["person"]] for r in body)) if "person" in col else ["p1"]
-    has_boxes = all(c in col for c in BOX_COLUMNS)
-    persons = []
-    for name in names:
-        mine = [r for r in body if r[col["person"]] == name] if "person" in col else body
-        w = np.array([where[(float(r[col["start_s"]]), float(r[col["end_s"]]))] for r in mine], dtype=np.int64)
-        status = np.full(len(keys), STATUS_CODES.index("no_face"), dtype=np.uint8)
-        status[w] = [STATUS_CODES.index(s) if s in STATUS_CODES else 2 for s in (r[col["status"]] for r in mine)]
-        frac = np.full(len(keys), np.nan)
-        if "face_frac" in col:
-            frac[w] = [_number(r[col["face_frac"]]) for r in mine]
-        probs = np.full((len(keys), len(classes)), np.nan)
-        probs[w] = [[_number(r[col[c]]) for c in classes] for r in mine]
-        probs[status != 0] = np.nan
-        boxes = None
-        if has_boxes:
-            boxes = np.full((len(keys), 4), np.nan)
-            boxes[w] = [[_number(r[col[c]]) for c in BOX_COLUMNS] for r in mine]
-        top = np.where(status == 0, np.nan_to_num(probs, nan=-1.0).argmax(1), -1)
-        if "top" in col:  # the CSV's own choice (ties broken by the timeline), where it names a class
-            named = {c: i for i, c in enumerate(classes)}
-            top[w] = [named.get(r[col["top"]], -1) for r in mine]
-        persons.append(PersonRows(name, status, frac, boxes, probs, top))
-    starts, ends = (np.array(v, dtype=np.float64) for v in zip(*keys, strict=True))
-    return TimelineRows(classes, starts, ends, tuple(persons))
+    times = frame[["start_s", "end_s"]].to_numpy(dtype=np.float64)  # (R, 2)
+    keys, window = np.unique(times, axis=0, return_inverse=True)  # (W, 2) sorted windows, (R,) each row's
+    window = window.reshape(-1)
+    people = frame["person"] if "person" in frame else pd.Series("p1", index=frame.index)
+    persons = tuple(
+        _person_rows(str(name), frame.iloc[rows], window[rows], len(keys), classes)
+        for name, rows in people.groupby(people, sort=False).indices.items()
+    )
+    return TimelineRows(classes, keys[:, 0].copy(), keys[:, 1].copy(), persons)
 
 
 def _b64(values: np.ndarray, dtype: str) -> str:
@@ -238,12 +245,14 @@ def write_report(
 ) -> Path:
     """Write the report of a timeline CSV and its JSON header; returns the page's path.
 
-    json_path: default the CSV's ``<stem>.timeline.json`` (optional: without it the legend lacks the run).
+    json_path: default the CSV's ``<stem>.timeline.json`` if there (without one the legend lacks the run).
     video_path: default the header's ``video`` (a relative one is looked up from the working directory, then
     from the CSV's folder); the page refers to it relative to itself, or inlines it with ``embed_video``.
     out_html: default ``<stem>.report.html`` beside the CSV.
     """
     csv_path = Path(csv_path)
+    if json_path is not None and not Path(json_path).is_file():
+        raise ConfigError(f"report: expected the timeline's JSON header at {json_path}, found no such file")
     if json_path is None and csv_path.name.endswith(".timeline.csv"):
         json_path = csv_path.with_name(csv_path.name[: -len(".csv")] + ".json")
     header = json.loads(Path(json_path).read_text()) if json_path and Path(json_path).is_file() else {}

@@ -684,11 +684,11 @@ def people_timeline(
             {
                 "id": name,
                 "name": name,
-                "first_seen_s": float(starts[seen[0]]),
-                "last_seen_s": float(ends[seen[-1]]),
+                "first_seen_s": float(starts[seen[0]]) if len(seen) else None,
+                "last_seen_s": float(ends[seen[-1]]) if len(seen) else None,
                 "screen_time_s": float(min(seconds, stride * len(seen))),
                 "windows_ok": len(seen),
-                "share": {c: float((tops == k).mean()) for k, c in enumerate(classes)},
+                "share": {c: float((tops == k).mean()) if len(seen) else 0.0 for k, c in enumerate(classes)},
             }
         )
     rows.sort(key=lambda r: (float(r[1]), r[0]))  # by window, then person
