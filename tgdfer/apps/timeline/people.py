@@ -25,7 +25,8 @@ from tgdfer.apps.timeline.outputs import format_row, settings_hash, summarize, w
 from tgdfer.apps.timeline.run import VideoRun
 from tgdfer.apps.timeline.saved import save_features
 from tgdfer.apps.timeline.windows import fill_slots, smooth
-from tgdfer.data.persons import PersonAssignment, PersonTracker
+from tgdfer.data.identity import PersonAssignment
+from tgdfer.data.persons import PersonTracker
 from tgdfer.data.preprocess import clip_view
 from tgdfer.data.views import encode_frames
 from tgdfer.errors import ConfigError

@@ -74,7 +74,7 @@ class SavedFeatures:
         self.assignment = None  # a people timeline's: its persons, and every detection's track and box
         self.detections: dict[int, dict[int, Box]] = {}  # frame -> {track: box}
         if "tracks" in arrays:
-            from tgdfer.data.persons import PersonAssignment
+            from tgdfer.data.identity import PersonAssignment
 
             self.assignment = PersonAssignment.from_dict(json.loads(str(arrays["people"])))
             self._by_track = {}
