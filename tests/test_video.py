@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tgdfer.data.video import ClipError, list_frames, open_clip_source, read_sampled
-from tgdfer.testing.synthetic import make_clip, write_frame_folder, write_video
+from tgdfer.data.video import ClipError, VideoStream, list_frames, open_clip_source, read_sampled
+from tgdfer.testing.synthetic import make_clip, write_frame_folder, write_video, write_video_pts
 
 
 def test_frames_sort_numerically_and_other_files_are_ignored(tmp_path):
@@ -48,3 +48,27 @@ def test_open_clip_source_picks_folder_or_video(tmp_path):
     frames, _ = make_clip("fear", 8, 32, np.random.default_rng(2))
     assert open_clip_source(write_frame_folder(tmp_path / "f", frames)).num_frames == 8
     assert open_clip_source(write_video(tmp_path / "v.mp4", frames)).num_frames == 8
+
+
+def _vfr_video(path, n: int = 40):
+    """A variable-frame-rate video written with PyAV (gaps of 20 to 200 ms) and its frames as PyAV decodes them."""
+    import av
+
+    rng = np.random.default_rng(4)
+    frames, _ = make_clip("happiness", n, 64, rng)
+    pts = np.cumsum(np.r_[0, rng.integers(20, 201, n - 1)])  # ms
+    write_video_pts(path, frames, pts)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return pts, decoded
+
+
+def test_variable_frame_rate_video_gives_every_frame_with_its_time(tmp_path):
+    pts, decoded = _vfr_video(tmp_path / "vfr.mkv")
+    stream = VideoStream(tmp_path / "vfr.mkv")
+    assert stream.variable_rate and np.allclose(stream.times * 1000, pts)
+    source = open_clip_source(tmp_path / "vfr.mkv")
+    assert source.num_frames == len(pts) == 40  # every frame, not duration x a mean frame rate
+    frames = source.read([0, 17, 39])
+    for i in (0, 17, 39):
+        assert np.array_equal(frames[i], decoded[i])

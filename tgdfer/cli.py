@@ -398,6 +398,14 @@ def timeline(
         str | None, typer.Option(help="Image encoder: auto (bf16 on a CPU with AMX) | fp32 | fp16 | bf16")
     ] = None,
     clip: Annotated[str | None, typer.Option(help="CLIP weights (default: the run's)")] = None,
+    people: Annotated[
+        str | None, typer.Option(help="all: every person, one row per (window, person); N: the N most seen")
+    ] = None,
+    people_map: Annotated[
+        str | None, typer.Option(help='JSON merging/renaming persons: {"p3": "p1", "p1": "Anna"}')
+    ] = None,
+    report: Annotated[bool | None, typer.Option(help="Write <stem>.report.html beside the CSV (default on)")] = None,
+    embed_video: Annotated[bool | None, typer.Option(help="Inline the video in the report (small videos)")] = None,
     set_: Sets = None,
 ) -> None:
     """An emotion timeline of long videos: one CSV row per window, a JSON header, a plot, a summary."""

@@ -437,8 +437,7 @@ class TimelineConfig:
     stride: str = "1s"  # from one window's start to the next: one row per second, windows overlapping
     face_crop: bool | None = None  # None: as the run's cache was made (its recorded face_crop); a flag overrides
     face: int = 0  # which face to follow, by size at its first detection: 0 the largest, 1 the next, ...
-    detect_every: int = 4  # detect every k sampled frames and keep the box between (a detection: BlazeFace 16 ms,
-    #                         the Haar fallback 65 ms a frame; README's face table)
+    detect_every: int = 4  # the face tracker looks at every k-th sampled frame; the box is held between
     min_face: float = 0.5  # share of a window's T frames that need a face, else its row is no_face
     smooth: Literal["none", "mean", "ema"] = "none"  # extra smoothed columns over windows; raw ones always stay
     smooth_windows: int = 5  # centred moving-average width, or EMA span (alpha = 2 / (span + 1)), in windows
@@ -453,11 +452,17 @@ class TimelineConfig:
     log_every: float = 30.0  # seconds between progress lines when stderr is not a terminal (a bar when it is)
     device: str = "auto"  # auto: CUDA when present, else CPU
     clip: str | None = None  # CLIP weights; default the run's own (checked by SHA-256)
+    people: str | None = None  # None: one face followed; "all": every person, one row per (window, person); "N":
+    #                            the N persons with the most screen time
+    people_map: str | None = None  # JSON file merging and renaming persons ({"p3": "p1", "p1": "Anna"})
+    report: bool = True  # write <stem>.report.html beside the CSV
+    embed_video: bool = False  # inline the video in the report (small videos only), else a relative path
 
     def __post_init__(self) -> None:
         _checked(
             self,
             {
+                "people": (lambda x: x is None or x == "all" or (str(x).isdigit() and int(x) > 0), "all or N > 0"),
                 "face": (_at_least(0), "0 (the largest face) or more"),
                 "detect_every": (_at_least(1), "a detection every >= 1 sampled frames"),
                 "min_face": (lambda x: 0 <= x <= 1, "a share in [0, 1]"),

@@ -63,7 +63,7 @@ def preprocessing(run: TrainedRun, face_crop: bool | None) -> tuple[bool, str | 
     return (trained if face_crop is None else bool(face_crop)), "; ".join(notes) or None
 
 
-def _image_encoder(run: TrainedRun) -> FrozenClip:
+def image_encoder(run: TrainedRun) -> FrozenClip:
     """The run's CLIP with its image tower on the model's device, in the dtype its cache was encoded in (on CPU
     always fp32: half-precision CPU matmuls are slow). Only ``visual`` moves: the text tower is the model's."""
     device = next(run.model.parameters()).device
@@ -164,7 +164,7 @@ def _run_clips(
         from tgdfer.data.faces import FaceDetector
 
         FaceDetector().backend  # noqa: B018  (loads it: no detector at all fails once, here, not in every worker)
-    clip = _image_encoder(run)
+    clip = image_encoder(run)
     frames, names = int(run.identity["frames"]), run.class_names
     paths = [str(p) for p in paths]
     results: list[dict | None] = [None] * len(paths)

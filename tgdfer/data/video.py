@@ -1,5 +1,7 @@
 """Reading frames from a clip: a folder of image files or a video file.
 
+``VideoStream`` is the one video reader: every frame's presentation timestamp from a demux pass, then one decoding
+pass (PyAV; OpenCV when PyAV is missing). ``VideoFile`` (extract, predict) and the timeline both read through it.
 Frames come back as RGB uint8 arrays (H, W, 3). Folder frames sort by the number in their name ("2.jpg" before
 "10.jpg"); other files in the folder are ignored. A clip that cannot give its frames raises ``ClipError`` with a
 reason that extraction records; it is never turned into zeros.
@@ -8,7 +10,7 @@ reason that extraction records; it is never turned into zeros.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -82,83 +84,164 @@ class FrameFolder:
         return frames
 
 
-class VideoFile:
-    """A clip stored as a video file, decoded with OpenCV (FFmpeg).
+class Frame:
+    """A decoded frame whose RGB conversion happens only when asked for (most frames of a long video are never
+    sampled)."""
 
-    The container's frame count plans the sampling; one decoding pass keeps only the planned frames and counts
-    what really decodes. A shortfall within a few frames (containers often round) re-plans on the true count;
-    a larger one means the file is truncated and the clip fails.
+    def __init__(self, convert: Callable[[], np.ndarray]):
+        self._convert = convert
+
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) RGB uint8."""
+        return self._convert()
+
+
+class VideoStream:
+    """A video file's first video stream, the one video reader of tgdfer (extract, predict and the timeline).
+
+    ``times`` (N,) are every frame's presentation timestamps in seconds from the first frame, in presentation
+    order: PyAV's ``pts * time_base`` from a demux pass (packets only, nothing decoded), or OpenCV's
+    ``CAP_PROP_POS_MSEC`` when PyAV is missing. Frame number / fps is never used: it is wrong on variable frame
+    rate. ``frames()`` is one decoding pass yielding (frame number, ``Frame``) in presentation order; ``declared``
+    is the frame count the container states (0 when it states none). A file that cannot be opened, or has no
+    frame, raises ``ClipError``.
     """
 
-    def __init__(self, path: Path):
-        if not path.is_file():
-            raise ClipError(f"video file not found: {path}")
-        self.path = path
-        capture = self._open()
-        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        capture.release()
-        self.declared = max(declared, 0)
-        self._count: int | None = None
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ClipError(f"video file not found: expected a video file at {self.path}, found nothing there")
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            self.decoder = "opencv"
+        else:
+            self.decoder = "pyav"
+        self.timestamps_source = "pts * time_base" if self.decoder == "pyav" else "CAP_PROP_POS_MSEC"
+        self._pts: np.ndarray | None = None  # PyAV: sorted presentation timestamps, in time_base units
+        self.times = self._scan_pyav() if self.decoder == "pyav" else self._scan_opencv()
+        if len(self.times) == 0:
+            raise ClipError(f"expected a video with frames, found none that decode in {self.path}")
+        gaps = np.diff(self.times)
+        self.frame_interval = float(np.median(gaps)) if len(gaps) else 0.04  # 25 fps when there is one frame
+        self.duration = float(self.times[-1] + self.frame_interval)  # the last frame is shown one interval
+        self.fps = len(self.times) / self.duration
+        self.variable_rate = bool(len(gaps) and gaps.max() - gaps.min() > 0.01 * self.frame_interval + 1e-4)
 
-    def _open(self) -> cv2.VideoCapture:
+    def _scan_pyav(self) -> np.ndarray:
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise ClipError(f"expected a video stream, found none in {self.path}")
+                stream = container.streams.video[0]
+                pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
+                if not pts:  # no packet timestamps (some raw streams): the decoder's frame times
+                    container.seek(0)
+                    pts = [f.pts for f in container.decode(stream) if f.pts is not None]
+                self._time_base = stream.time_base
+                self.width, self.height = stream.codec_context.width, stream.codec_context.height
+                self.declared = max(int(stream.frames or 0), 0)
+        except av.FFmpegError as exc:
+            raise ClipError(
+                f"expected a video PyAV can read, found an unsupported or corrupt file: {self.path} ({exc})"
+            ) from exc
+        self._pts = np.unique(np.asarray(pts, dtype=np.int64))  # presentation order (packets come in decode order)
+        if len(self._pts) == 0:
+            return np.zeros(0, dtype=np.float64)
+        tb = self._time_base
+        return (self._pts - self._pts[0]).astype(np.float64) * tb.numerator / tb.denominator
+
+    def _scan_opencv(self) -> np.ndarray:
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             capture.release()
-            raise ClipError(f"video could not be opened (unsupported or corrupt): {self.path}")
-        return capture
-
-    def _count_frames(self) -> int:
-        capture = self._open()
-        count = 0
+            raise ClipError(f"expected a video OpenCV can open, found an unsupported or corrupt file: {self.path}")
+        self.declared = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        times = []
         while capture.grab():
-            count += 1
+            times.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         capture.release()
-        return count
+        t = np.asarray(times, dtype=np.float64)
+        return t - t[0] if len(t) else t
+
+    def frames(self) -> Iterator[tuple[int, Frame]]:
+        """One decoding pass: (frame number, frame) for every decoded frame, in presentation order."""
+        if self.decoder == "pyav":
+            yield from self._frames_pyav()
+        else:
+            yield from self._frames_opencv()
+
+    def _frames_pyav(self) -> Iterator[tuple[int, Frame]]:
+        import av
+
+        assert self._pts is not None
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # the codec's own frame threads; the encoder waits on decoding otherwise
+            index = -1
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    found = int(np.searchsorted(self._pts, frame.pts))
+                    if found >= len(self._pts) or self._pts[found] != frame.pts:
+                        continue  # a frame the demux pass did not see: it has no place on the time axis
+                    index = found
+                else:
+                    index += 1
+                if index >= len(self._pts):
+                    return
+                yield index, Frame(lambda f=frame: f.to_ndarray(format="rgb24"))
+
+    def _frames_opencv(self) -> Iterator[tuple[int, Frame]]:
+        capture = cv2.VideoCapture(str(self.path))
+        try:
+            index = 0
+            while index < len(self.times) and capture.grab():
+
+                def convert(c=capture) -> np.ndarray:
+                    ok, image = c.retrieve()
+                    if not ok or image is None:
+                        raise ClipError(f"expected a decodable frame, found a broken one in {self.path}")
+                    return _to_rgb(image)
+
+                yield index, Frame(convert)
+                index += 1
+        finally:
+            capture.release()
+
+
+class VideoFile:
+    """A clip stored as a video file, read with ``VideoStream``: its frame count is the number of frames with a
+    timestamp, and ``read`` decodes once, keeping the wanted frames. A stream that holds far fewer frames than its
+    container declares is a truncated file, and the clip fails."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stream = VideoStream(path)
+        declared, n = self.stream.declared, len(self.stream.times)
+        if declared and n < declared - max(2, declared // 20):  # containers often round their count
+            raise ClipError(f"video is truncated: container declares {declared} frames, only {n} found: {path}")
 
     @property
     def num_frames(self) -> int:
-        """Frames that decode. Uses the container's count until a decoding pass says otherwise."""
-        if self._count is None:
-            self._count = self.declared if self.declared > 0 else self._count_frames()
-            if self._count == 0:
-                raise ClipError(f"video has no decodable frames: {self.path}")
-        return self._count
+        return len(self.stream.times)
 
     def read(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
-        """Decode the whole file once (the count is checked), keeping the wanted frames: {index: RGB}."""
+        """Decode the file once, up to the last wanted frame: {index: (H, W, 3) RGB uint8}."""
         wanted = set(int(i) for i in indices)
         frames: dict[int, np.ndarray] = {}
-        capture = self._open()
-        decoded = 0
-        try:
-            while capture.grab():
-                if decoded in wanted:
-                    ok, image = capture.retrieve()
-                    if not ok or image is None:
-                        raise ClipError(f"frame {decoded} could not be decoded: {self.path}")
-                    frames[decoded] = _to_rgb(image)
-                decoded += 1
-        finally:
-            capture.release()
-        if decoded == 0:
-            raise ClipError(f"video has no decodable frames: {self.path}")
-        planned = self.num_frames
-        if decoded != planned:
-            if decoded < planned - max(2, planned // 20):
-                raise ClipError(
-                    f"video is truncated: container declares {planned} frames, only {decoded} decode: {self.path}"
-                )
-            self._count = decoded  # containers often round their count: the caller re-plans on the truth
-            raise FrameCountChanged(decoded)
+        for index, frame in self.stream.frames():
+            if index in wanted:
+                frames[index] = frame.rgb()
+                if len(frames) == len(wanted):
+                    break
+        missing = sorted(wanted - set(frames))
+        if missing:
+            raise ClipError(f"frames {missing[:5]} of {self.num_frames} could not be decoded: {self.path}")
         return frames
-
-
-class FrameCountChanged(Exception):
-    """The decodable frame count differs slightly from the container's; sample again with ``count``."""
-
-    def __init__(self, count: int):
-        super().__init__(count)
-        self.count = count
 
 
 def open_clip_source(path: str | Path) -> FrameFolder | VideoFile:
@@ -194,16 +277,9 @@ def video_fps(path: str | Path) -> float | None:
 def read_sampled(path: str | Path, plan) -> tuple[int, dict[int, np.ndarray], list[np.ndarray]]:
     """Open a clip, plan sample indices from its frame count with ``plan(n) -> list of index arrays``, decode.
 
-    Returns (frame count, {index: RGB frame}, the planned index arrays). Re-plans once if a video's container
-    count was slightly off.
+    Returns (frame count, {index: RGB frame}, the planned index arrays).
     """
     source = open_clip_source(path)
-    for _ in range(2):
-        n = source.num_frames
-        indices = plan(n)
-        try:
-            frames = source.read(np.concatenate(indices).tolist())
-            return n, frames, indices
-        except FrameCountChanged:
-            continue
-    raise ClipError(f"video frame count is unstable between decoding passes: {path}")
+    n = source.num_frames
+    indices = plan(n)
+    return n, source.read(np.concatenate(indices).tolist()), indices

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -621,6 +622,8 @@ def write_video_pts(
                     stream.options = {"preset": "veryfast", "crf": "23"}
                 else:
                     stream.bit_rate = 2_000_000
+                    if codec.startswith("libvpx"):  # WebM for browsers; libvpx's default "good" takes ~0.2 s a frame
+                        stream.options = {"deadline": "realtime", "cpu-used": "8"}
             out = av.VideoFrame.from_ndarray(frame, format="rgb24")
             out.pts = int(pts)
             out.time_base = Fraction(1, 1000)
@@ -628,3 +631,91 @@ def write_video_pts(
         if stream is not None:
             container.mux(stream.encode(None))
     return path
+
+
+def _drifting_person(rng, i: int, persons: int, centres: np.ndarray, size: tuple[int, int], classes: int):
+    """One made-up person over windows centred at ``centres`` (W,) s -> (W, C) probabilities (a softmax of AR(1)
+    walks), (W,) bool away (15% of each minute, each person at another phase), (W, 4) x0, y0, x1, y1 pixels."""
+    noise = rng.normal(0, 0.5, (len(centres), classes))  # (W, C)
+    logits = np.zeros_like(noise)
+    for w in range(len(centres)):  # AR(1): drifts, but around 0, so no class takes over an hour
+        logits[w] = (0.97 * logits[w - 1] if w else 0.0) + noise[w]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    away = ((centres / 60.0 + i * 0.37) % 1.0) < 0.15
+    width, height = size
+    half = height / 6
+    cx = width * (i + 0.5) / persons + width / (4 * persons) * np.sin(centres / 7.0 + i)  # sways in its column
+    cy = height / 2 + height / 8 * np.cos(centres / 11.0 + i)
+    boxes = np.round(np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)).astype(int)  # (W, 4)
+    return probs, away, boxes
+
+
+def people_timeline(
+    out: str | Path,
+    stem: str,
+    seconds: float,
+    persons: int = 2,
+    window: float = 2.0,
+    stride: float = 1.0,
+    size: tuple[int, int] = (640, 360),
+    classes: tuple[str, ...] = CLASS_NAMES["dfew"],
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """A made-up people timeline, ``<stem>.timeline.csv`` and ``.json`` in the layout ``tgdfer timeline --people``
+    writes, for the report's tests and benchmark: W = ceil((seconds - window) / stride) + 1 windows, persons as
+    ``_drifting_person`` makes them, the video named ``<stem>.webm``. Returns (csv path, json path)."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = max(1, math.ceil((seconds - window) / stride - 1e-9) + 1)
+    starts = np.arange(n) * stride
+    ends = np.minimum(starts + window, seconds)
+    ends[-1] = seconds
+    centres = (starts + ends) / 2
+    header = ["person", "start_s", "end_s", "center_s", "status", "face_frac", "x0", "y0", "x1", "y1", "top", "margin"]
+    rows, people = [], []
+    for i in range(persons):
+        probs, away, boxes = _drifting_person(rng, i, persons, centres, size, len(classes))
+        name = f"p{i + 1}"
+        for w in range(n):
+            times = [f"{starts[w]:.3f}", f"{ends[w]:.3f}", f"{centres[w]:.3f}"]
+            if away[w]:
+                rows.append([name, *times, "no_face", "0.000", *[""] * (6 + len(classes))])
+                continue
+            order = np.argsort(-probs[w], kind="stable")
+            margin = f"{probs[w, order[0]] - probs[w, order[1]]:.6f}"
+            rows.append([name, *times, "ok", "1.000", *map(str, boxes[w]), classes[order[0]], margin])
+            rows[-1] += [f"{p:.6f}" for p in probs[w]]
+        seen, tops = np.flatnonzero(~away), probs[~away].argmax(1)
+        people.append(
+            {
+                "id": name,
+                "name": name,
+                "first_seen_s": float(starts[seen[0]]) if len(seen) else None,
+                "last_seen_s": float(ends[seen[-1]]) if len(seen) else None,
+                "screen_time_s": float(min(seconds, stride * len(seen))),
+                "windows_ok": len(seen),
+                "share": {c: float((tops == k).mean()) if len(seen) else 0.0 for k, c in enumerate(classes)},
+            }
+        )
+    rows.sort(key=lambda r: (float(r[1]), r[0]))  # by window, then person
+    csv_path, json_path = out / f"{stem}.timeline.csv", out / f"{stem}.timeline.json"
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([header + list(classes), *rows])
+    meta = {
+        "video": f"{stem}.webm",
+        "run": "runs/synthetic",
+        "classes": list(classes),
+        "window": f"{window:g}s",
+        "window_s": window,
+        "stride": f"{stride:g}s",
+        "stride_s": stride,
+        "windows": n,
+        "duration_s": seconds,
+        "size": list(size),
+        "status": "complete",
+        "people": {"mode": "all", "map": None, "persons": people, "short_tracks_left_out": 0},
+    }
+    json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return csv_path, json_path

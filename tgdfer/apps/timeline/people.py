@@ -1,0 +1,283 @@
+"""The people timeline (``people``): every face of the video, tracked and linked into persons
+(``tgdfer.data.persons``), one CSV row per (window, person).
+
+During the decoding pass every sampled frame goes through ``PersonTracker``; each detection's crop is encoded
+(its CLIP feature also feeds the tracker's appearance), and as windows complete each (window, track) gets its
+status, face share, centre box and probabilities, exactly as the one-face timeline computes a window. Features
+are then freed, so memory holds one small record per (window, track). Person ids need the whole video (tracks
+are linked at the end), so the CSV is written once, at the end: a (window, person) row is the row of the
+person's track with the largest face share in that window. ``people_map`` merges and renames persons; from saved
+features it is applied without decoding (the npz holds the tracks). An interrupted people timeline starts over
+on ``--resume``; a complete one with the same settings is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tgdfer.apps.timeline.outputs import format_row, settings_hash, summarize, write_header, write_rows
+from tgdfer.apps.timeline.run import VideoRun
+from tgdfer.apps.timeline.saved import save_features
+from tgdfer.apps.timeline.windows import fill_slots, smooth
+from tgdfer.data.identity import PersonAssignment
+from tgdfer.data.persons import PersonTracker
+from tgdfer.data.preprocess import clip_view
+from tgdfer.data.views import encode_frames
+from tgdfer.errors import ConfigError
+from tgdfer.model.inference import predict_features
+from tgdfer.progress import Progress
+
+PEOPLE_FIXED = (
+    "person",
+    "start_s",
+    "end_s",
+    "center_s",
+    "status",
+    "face_frac",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "top",
+    "margin",
+)
+
+
+def people_columns(names: tuple[str, ...]) -> list[str]:
+    """The raw columns of a people timeline CSV (SCHEMA.md)."""
+    return [*PEOPLE_FIXED, *names]
+
+
+def read_people_map(path: str | None) -> dict[str, str]:
+    """``{"p3": "p1", "p1": "Anna"}`` from a JSON file, or {}."""
+    if path is None:
+        return {}
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--people-map: expected a JSON file of person names, found {path}: {exc}") from exc
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ConfigError(f'--people-map: expected {{"p3": "p1", "p1": "Anna"}} (names to names), found {mapping!r}')
+    return mapping
+
+
+class PeopleRun(VideoRun):
+    """``VideoRun`` for every person: the tracker in place of the followed face, rows per (window, person)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.follower = None
+        self.mapping = read_people_map(self.cfg.people_map)
+        self.tracker = None if self.reuse is not None else PersonTracker(detector=self.cropper.detector)
+        self.detections: dict[int, dict[int, tuple[float, float, float, float]]] = {}  # frame -> {track: box}
+        self.track_rows: dict[tuple[int, int], tuple] = {}  # (window, track) -> (status, frac, probs, box)
+        self.header["settings"] |= {"people": self.cfg.people, "people_map": self.mapping or None}
+        self.header["settings_hash"] = settings_hash(self.header["settings"])
+        self.header["people"] = {"mode": self.cfg.people, "map": self.mapping or None}
+
+    def run(self) -> dict:
+        files = self.files
+        if self.cfg.resume and files["json"].is_file() and files["csv"].is_file():
+            old = json.loads(files["json"].read_text())
+            if old.get("status") == "complete" and old.get("settings") == self.header["settings"]:
+                self.log(f"resuming after {self.n_windows} of {self.n_windows} windows")
+                return old["result"]
+            self.log("an interrupted people timeline starts over (person ids need the whole video)")
+        write_header(files, self.header)
+        self._plan_uses()
+        self.progress = Progress(
+            self.n_windows, self.stem, unit="window", stream=sys.stderr, interval=self.cfg.log_every
+        )
+        started = time.perf_counter()
+        try:
+            self._decode()
+        except BaseException:
+            self.progress.close()
+            write_header(files, self.header | {"status": "interrupted"})
+            raise
+        self.progress.close()
+        return self._finish_people(started)
+
+    # ------------------------------------------------------------------------------------ the decoding pass
+
+    def _take(self, index: int, rgb: np.ndarray) -> None:
+        """Every face of sampled frame ``index`` (H, W, 3): tracked, its crop queued for the encoder."""
+        t0 = time.perf_counter()
+        found = self.tracker.update(rgb, float(self.stream.times[index]), index)
+        self.seconds["faces"] += time.perf_counter() - t0
+        self.detections[index] = {d.track: d.box for d in found}
+        self.found[index] = bool(found)
+        if self.encode_needed[index]:
+            for d in found:
+                crop = clip_view(self.cropper.crop(rgb, d.box), self.trained.clip.image_size)
+                self.pending.append(((index, d.track), crop, d.box))
+
+    def _encode(self) -> None:
+        """Queued crops -> features keyed by (frame, track); each also describes its track's appearance."""
+        if not self.pending:
+            return
+        pixels = torch.from_numpy(np.stack([crop for _, crop, _ in self.pending]))  # (B, S, S, 3) uint8
+        t0 = time.perf_counter()
+        out = encode_frames(self.trained.clip, pixels, batch_size=len(self.pending)).cpu()  # (B, D) fp16
+        self.seconds["encoder"] += time.perf_counter() - t0
+        self.seconds["encoded_frames"] += len(self.pending)
+        for (key, _, box), feature in zip(self.pending, out, strict=True):
+            self.features[key] = feature
+            self.tracker.describe(key[1], feature.float().numpy())
+            if self.cfg.save_features:
+                self.saved.append((key, feature.numpy(), box))
+        self.pending.clear()
+
+    def _reused(self, index: int) -> None:
+        """Saved features in place of sampled frame ``index``: its detections and their features."""
+        self.detections[index] = self.reuse.detections.get(index, {})
+        self.found[index] = bool(self.detections[index])
+        for track in self.detections[index]:
+            self.features[(index, track)] = self.reuse.track_feature(index, track)
+
+    def _write_windows(self, upto: int, final: bool = False) -> None:
+        """As ``VideoRun``: the windows whose frames are through, each (window, track) computed, features freed."""
+        ready, w = [], self.next
+        while w < self.n_windows and self.window_last[w] <= upto:
+            ready.append(w)
+            w += 1
+        if not ready or (len(ready) < self.cfg.batch_windows and not final):
+            return
+        self.next = w
+        self._track_probabilities(ready)
+        for key in [k for k in self.features if self.last_use[k[0]] <= ready[-1]]:
+            del self.features[key]
+        self.progress.update(len(ready))
+
+    def _track_probabilities(self, ready: list[int]) -> None:
+        """(window, track) rows of the ready windows: status, face share, centre box, (C,) probabilities."""
+        keys, stacks = [], []
+        for w in ready:
+            idx = self.plan.frames[w]
+            if self.plan.counts[w] == 0:
+                continue  # no frames: every person's row says so at the end
+            tracks = sorted({t for i in idx for t in self.detections.get(int(i), {})})
+            centre = (self.plan.starts[w] + self.plan.ends[w]) / 2
+            for t in tracks:
+                have = np.array([t in self.detections.get(int(i), {}) for i in idx])  # (T,)
+                frac = float(have.mean())
+                near = min((int(i) for i in idx[have]), key=lambda i: abs(self.stream.times[i] - centre))
+                box = self.detections[near][t]
+                if frac < self.cfg.min_face:
+                    self.track_rows[(w, t)] = ("no_face", frac, None, box)
+                    continue
+                slots = [self.features.get((int(i), t)) if h else None for i, h in zip(idx, have, strict=True)]
+                keys.append((w, t, frac, box))
+                stacks.append(torch.stack(fill_slots(slots)))  # (T, D)
+        if not stacks:
+            return
+        batch = torch.stack(stacks).to(next(self.trained.model.parameters()).device)  # (B, T, D)
+        t0 = time.perf_counter()
+        out = predict_features(self.trained.model, batch, amp=self.trained.config.train.amp, batch_size=len(stacks))
+        self.seconds["model"] += time.perf_counter() - t0
+        for (w, t, frac, box), p in zip(keys, out["probs"].cpu().numpy(), strict=True):
+            self.track_rows[(w, t)] = ("ok", frac, p, box)
+
+    # ---------------------------------------------------------------------------------------------- the end
+
+    def _assignment(self) -> PersonAssignment:
+        """Tracks linked into persons (or the saved ones), renamed by ``people_map``."""
+        linked = self.tracker.link() if self.tracker is not None else self.reuse.assignment
+        self.linked = linked
+        return linked.renamed(self.mapping) if self.mapping else linked
+
+    def _person_rows(self, assignment: PersonAssignment) -> dict[str, list[list[str]]]:
+        """{person: one CSV row per window}: the person's track with the largest face share in each window."""
+        persons = assignment.persons
+        if self.cfg.people != "all":  # the N persons with the most screen time, kept in first-appearance order
+            seen = {p: sum(1 for (w, t) in self.track_rows if assignment.person_of.get(t) == p) for p in persons}
+            keep = set(sorted(persons, key=lambda p: -seen[p])[: int(self.cfg.people)])
+            persons = [p for p in persons if p in keep]
+        best: dict[tuple[int, str], tuple] = {}
+        for (w, t), row in self.track_rows.items():
+            p = assignment.person_of.get(t)
+            if p is not None and ((w, p) not in best or row[1] > best[(w, p)][1]):
+                best[(w, p)] = row
+        width, height = self.stream.width, self.stream.height
+        out = {}
+        for p in persons:
+            rows = []
+            for w in range(self.n_windows):
+                start, end = self.plan.starts[w], self.plan.ends[w]
+                status, frac, probs, box = best.get((w, p), ("no_face", 0.0, None, None))
+                if self.plan.counts[w] == 0:
+                    status = "no_frames"
+                cells = format_row(start, end, status, frac, probs, self.names)
+                xyxy = ["", "", "", ""] if box is None else [
+                    f"{box[0] * width:.0f}", f"{box[1] * height:.0f}",
+                    f"{(box[0] + box[2]) * width:.0f}", f"{(box[1] + box[3]) * height:.0f}",
+                ]  # fmt: skip
+                rows.append([p, *cells[:5], *xyxy, *cells[5:]])
+            out[p] = rows
+        return out
+
+    def _person_summary(self, p: str, rows: list[list[str]], assignment: PersonAssignment) -> dict:
+        ok = [r for r in rows if r[4] == "ok"]
+        found = sum(1 for r in rows if float(r[5]) > 0)
+        first, last = assignment.span(p)
+        return {
+            "id": p,
+            "name": p,
+            "first_seen_s": round(first, 3),
+            "last_seen_s": round(last, 3),
+            "screen_time_s": round(min(found * self.stride_s, self.stream.duration), 3),
+            "windows_ok": len(ok),
+            "share": {n: sum(r[10] == n for r in ok) / len(ok) if ok else 0.0 for n in self.names},
+        }
+
+    def _finish_people(self, started: float) -> dict:
+        """Persons linked, rows per (window, person) written, JSON header, saved features, report."""
+        assignment = self._assignment()
+        by_person = self._person_rows(assignment)
+        rows = [by_person[p][w] for w in range(self.n_windows) for p in by_person]  # by window, then person
+        header = people_columns(self.names)
+        cfg = self.cfg
+        if cfg.smooth != "none":
+            tag = f"{cfg.smooth}{cfg.smooth_windows}"
+            header += [f"{n}_{tag}" for n in self.names]
+            extra = {}
+            for p, mine in by_person.items():
+                probs = np.array([[float(v) if v else 0.0 for v in r[len(PEOPLE_FIXED) :]] for r in mine])
+                ok = np.array([r[4] == "ok" for r in mine])
+                extra[p] = smooth(probs.reshape(len(mine), len(self.names)), ok, cfg.smooth, cfg.smooth_windows)
+            rows = [
+                by_person[p][w] + ["" if np.isnan(v) else f"{v:.6f}" for v in extra[p][w]]
+                for w in range(self.n_windows)
+                for p in by_person
+            ]
+        write_rows(self.files["csv"], header, rows)
+        persons = [self._person_summary(p, by_person[p], assignment) for p in by_person]
+        summary = summarize([r[1:6] + r[10:] for r in rows], self.names)  # over all (window, person) rows
+        summary["persons"] = [p["id"] for p in persons]
+        self.header["people"] |= {"persons": persons, "short_tracks_left_out": len(assignment.short)}
+        if cfg.save_features:
+            self._save()
+        self.seconds["total"] = time.perf_counter() - started
+        result = self._result(summary, None)
+        done = {"status": "complete", "summary": summary, "seconds": self.seconds, "result": result}
+        write_header(self.files, self.header | done)
+        return result | {"report": self._report()}
+
+    def _save(self) -> None:
+        """``<stem>.features.npz`` with the tracks: (frame, track) per row and the linked persons as JSON."""
+        rows = [((frame, track), feature, box) for (frame, track), feature, box in self.saved]
+        flat = [(frame, feature, box) for (frame, _), feature, box in rows]
+        tracks = np.array([track for (_, track), _, _ in rows], dtype=np.int64)
+        order = np.argsort([frame for frame, _, _ in flat], kind="stable")
+        extra = {"tracks": tracks[order], "people": np.str_(json.dumps(self.linked.to_dict()))}
+        no_face = np.flatnonzero(self.sampled & ~self.found)
+        clip = self.trained.clip
+        save_features(
+            self.files["npz"], flat, self.stream, self.plan, no_face, str(self.path), clip.sha256, True, clip.dim, extra
+        )
