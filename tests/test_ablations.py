@@ -10,7 +10,7 @@ import torch
 
 from tgdfer.apps.synthetic import write_feature_cache
 from tgdfer.config import SweepConfig
-from tgdfer.sweep.runner import parse_folds, parse_seeds
+from tgdfer.sweep.plan import parse_folds, parse_seeds
 from tgdfer.sweep.runner import run_table as _run_table
 from tgdfer.sweep.tables import TABLES
 

@@ -188,7 +188,7 @@ def train(
     ] = False,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
-    from tgdfer.train.engine import train as run_train
+    from tgdfer.train.folds import train as run_train
 
     where, set_ = _launcher(
         {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}
@@ -199,7 +199,7 @@ def train(
     cfg = dataclasses.replace(cfg, out=str(out or Path("cache/runs") / f"{Path(cfg.features).stem}-fold{cfg.fold}"))
     if where.kind == "slurm":
         from tgdfer.features.cache import folds_of
-        from tgdfer.sweep.launchers import train_folds
+        from tgdfer.sweep.slurm import train_folds
 
         train_folds(cfg, folds_of(cfg.features, cfg.fold), where, resume=resume)
         return
@@ -233,7 +233,8 @@ def ablate(
     ] = None,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
-    from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
+    from tgdfer.sweep.plan import parse_folds, parse_seeds
+    from tgdfer.sweep.runner import run_table
 
     where, set_ = _launcher(
         {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}
