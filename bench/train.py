@@ -84,7 +84,7 @@ def _breakdown(model, data, cfg, device, steps: int) -> dict[str, float]:
 
 
 def _batched_vs_alone(cache_path: Path, clip, work: Path, runs: int, epochs: int, device, overrides) -> None:
-    """R folds of one row: trained one at a time (engine.fit) and as one batched model (fit_batched)."""
+    """R folds of one row: trained one at a time (engine.fit_fold) and as one batched model (fit_batched)."""
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
     from tgdfer.train.batched import fit_batched

@@ -5,7 +5,8 @@ R such runs train as one: their trainable parameters (and per-run buffers, the f
 (R, ...) tensors with ``torch.func.stack_module_state``'s layout, and ``torch.func.vmap`` runs the model's own
 ``TGDFER.forward`` over the run axis through ``torch.func.functional_call`` (``run_forward``). There is no second
 copy of the forward: a change to the model reaches batched runs as it is. The frozen CLIP text tower is not
-stacked: every run's prompts go through the one shared tower inside the vmap. Nothing else is shared:
+stacked: every run's prompts go through the one shared tower inside the vmap. (On the CPU, torch 2.14 has no vmap
+rule for the fused attention kernel and loops over the runs there, with a warning.) Nothing else is shared:
 
 - each run draws its own data order and train views with ``engine.epoch_draw`` (its batches are the ones it gets
   alone);
