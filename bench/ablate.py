@@ -1,5 +1,5 @@
 """Benchmark ``tgdfer ablate``: Table 3 on a DFEW-sized generated cache: runs one at a time (``--no-batch``),
-batched by model shape (the default: a row's folds train as one model), and batched with N workers.
+batched by model shape (``--batch``: a row's folds train as one model), and batched with N workers.
 
 Target on one H100: all of Table 3 over five folds (60 runs of 50 epochs) in 10 minutes or less. The cache is
 generated (``synthetic.write_feature_cache``) at DFEW's size, 11,697 clips of T=16 frames, four train views each,

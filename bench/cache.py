@@ -216,7 +216,7 @@ def learning(work: Path, clip_file: Path, clip, args) -> None:
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
     from tgdfer.testing.synthetic import write_frame_feature_cache
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     rows = []
     for seed in range(args.seeds):
@@ -248,7 +248,7 @@ def learning(work: Path, clip_file: Path, clip, args) -> None:
                     *args.overrides,
                 ],
             )
-            war[name] = fit(cfg, log=lambda s: None)["war"]
+            war[name] = fit_fold(cfg, log=lambda s: None)["war"]
         rows.append(war)
         print(
             f"   seed {seed}: 4 fixed views WAR {war['4 fixed views']:6.2f}   fresh per-epoch WAR "

@@ -4,7 +4,7 @@ The project's own sparse-signal benchmark (issue 11). Its generator (``tgdfer.ap
 features CLIP-like statistics: one strong shared direction (clips' mean pairwise cosine about 0.9), a per-clip
 identity, per-frame noise; each clip's class shows only in one burst of 2-5 consecutive frames of 16, some clips
 also hold a shorter, weaker burst of another class, and classes follow DFEW's shares (disgust 1.2%). Caches go
-through the real cache writer and training through the real ``tgdfer.train.engine.fit``, with a tiny random CLIP
+through the real cache writer and training through the real ``tgdfer.train.engine.fit_fold``, with a tiny random CLIP
 text tower (D = 32; the weights do not matter here: the class signal is in the features).
 
 For each reading of Eq. 7-11 (``READINGS``: the default and the alternatives, as ``--set`` overrides) and seed it
@@ -98,11 +98,11 @@ def probes(data, classes: int) -> dict[str, tuple[float, float]]:
 
 
 def run_reading(cache: str, truth: np.ndarray, overrides: tuple[str, ...], seed: int, epochs: int, out: Path):
-    """Train one reading with the real ``fit``; -> WAR, UAR, hit rate, highest-1 / lowest-1 WAR, seconds."""
+    """Train one reading with the real ``fit_fold``; -> WAR, UAR, hit rate, highest-1 / lowest-1 WAR, seconds."""
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
     from tgdfer.model.inference import predict_features
-    from tgdfer.train.engine import evaluate, fit
+    from tgdfer.train.engine import evaluate, fit_fold
     from tgdfer.train.runs import load_run
     from tgdfer.train.splits import fold_data
 
@@ -110,7 +110,7 @@ def run_reading(cache: str, truth: np.ndarray, overrides: tuple[str, ...], seed:
     base = (f"train.epochs={epochs}", f"train.seed={seed}", "train.eval_every=0", f"optim.milestones={milestones}")
     cfg = apply_overrides(RunConfig(features=cache, out=str(out), device="cpu"), [*base, *overrides])
     t0 = time.perf_counter()
-    metrics = fit(cfg, log=lambda s: None)
+    metrics = fit_fold(cfg, log=lambda s: None)
     seconds = time.perf_counter() - t0
     run = load_run(out, device="cpu")
     data = fold_data(load_cache(cache), "1", torch.device("cpu"))

@@ -50,7 +50,7 @@ def main() -> None:
     from tgdfer.data.views import encode_frames
     from tgdfer.devices import resolve_device
     from tgdfer.testing.synthetic import face_scene, write_feature_cache, write_video_pts
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="length of the generated video")
@@ -112,7 +112,7 @@ def main() -> None:
         cache = work / f"cache-{args.arch.replace('/', '-')}.h5"
         write_feature_cache(cache, str(clip_file), clip.sha256, n_clips=40, dim=clip.dim, views=1)
         cfg = RunConfig(features=str(cache), out=str(run_dir), device="cpu")
-        fit(apply_overrides(cfg, ["train.epochs=1", "train.batch_size=8"]), log=lambda s: None)
+        fit_fold(apply_overrides(cfg, ["train.epochs=1", "train.batch_size=8"]), log=lambda s: None)
 
     stream = VideoStream(video)
     duration = stream.duration

@@ -84,11 +84,11 @@ def _breakdown(model, data, cfg, device, steps: int) -> dict[str, float]:
 
 
 def _batched_vs_alone(cache_path: Path, clip, work: Path, runs: int, epochs: int, device, overrides) -> None:
-    """R folds of one row: trained one at a time (engine.fit) and as one batched model (fit_batched)."""
+    """R folds of one row: trained one at a time (engine.fit_fold) and as one batched model (fit_batched)."""
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.features.cache import load_cache
     from tgdfer.train.batched import fit_batched
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     cache = load_cache(cache_path)
 
@@ -98,7 +98,7 @@ def _batched_vs_alone(cache_path: Path, clip, work: Path, runs: int, epochs: int
 
     folds = range(1, runs + 1)
     t0 = time.perf_counter()
-    alone = [fit(cfg(f, "alone"), cache=cache, clip=clip, log=lambda _: None) for f in folds]
+    alone = [fit_fold(cfg(f, "alone"), cache=cache, clip=clip, log=lambda _: None) for f in folds]
     alone_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     together = fit_batched([cfg(f, "batched") for f in folds], cache=cache, clip=clip, log=lambda _: None)

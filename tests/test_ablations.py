@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tgdfer.config import SweepConfig
-from tgdfer.sweep.runner import parse_folds, parse_seeds
+from tgdfer.sweep.plan import parse_folds, parse_seeds
 from tgdfer.sweep.runner import run_table as _run_table
 from tgdfer.sweep.tables import TABLES
 from tgdfer.testing.synthetic import write_feature_cache

@@ -25,8 +25,8 @@ from tgdfer.errors import ConfigError, TrainingError
 from tgdfer.extract import extract, shard_block
 from tgdfer.features.cache import load_cache
 from tgdfer.features.store import shard_dir
-from tgdfer.sweep.launchers import _chunks, _executor, _Task
 from tgdfer.sweep.runner import run_table
+from tgdfer.sweep.slurm import Task, chunks, make_executor
 from tgdfer.testing.synthetic import write_feature_cache
 
 FAST = ("train.epochs=2", "train.batch_size=16")
@@ -191,8 +191,8 @@ def test_the_sbatch_script_carries_the_launcher_options(tmp_path, monkeypatch):
         setup=("source /shared/venv/bin/activate",),
         sbatch=("account=proj1",),
     )
-    executor = _executor(launcher, tmp_path / "slurm", "tgdfer-sweep", 5)
-    jobs = executor.submit_array([_Task({}, "auto", 8, 1) for _ in range(5)])
+    executor = make_executor(launcher, tmp_path / "slurm", "tgdfer-sweep", 5)
+    jobs = executor.submit_array([Task({}, "auto", 8, 1) for _ in range(5)])
     assert [j.job_id for j in jobs] == [f"4242_{i}" for i in range(5)]
     script = (tmp_path / "script.sh").read_text().splitlines()
     for line in [
@@ -214,12 +214,12 @@ def test_the_sbatch_script_carries_the_launcher_options(tmp_path, monkeypatch):
 def test_slurm_without_srun_is_refused_with_a_way_out(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(TrainingError, match=r"expected a SLURM cluster .* found no srun; .*launcher.cluster=local"):
-        _executor(LauncherConfig(kind="slurm"), tmp_path / "slurm", "tgdfer-sweep", 1)
+        make_executor(LauncherConfig(kind="slurm"), tmp_path / "slurm", "tgdfer-sweep", 1)
 
 
 def test_runs_are_cut_into_consecutive_chunks():
-    assert _chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
-    assert _chunks(["a", "b"], 5) == [["a", "b"]]
+    assert chunks(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert chunks(["a", "b"], 5) == [["a", "b"]]
     with pytest.raises(ConfigError, match=r"^launcher.runs_per_task: expected >= 1 runs per task, found 0$"):
         LauncherConfig(runs_per_task=0)
 

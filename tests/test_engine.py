@@ -12,7 +12,8 @@ from tgdfer.errors import TrainingError
 from tgdfer.features.cache import CacheError, load_cache
 from tgdfer.model.inference import predict_features as predict_views
 from tgdfer.testing.synthetic import write_feature_cache
-from tgdfer.train.engine import fit, fit_folds
+from tgdfer.train.engine import fit_fold
+from tgdfer.train.folds import fit_folds
 from tgdfer.train.splits import fold_data
 
 FAST = ["train.epochs=4", "train.batch_size=16"]
@@ -44,7 +45,7 @@ def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, ti
         path, str(tiny_clip_path), tiny_clip.sha256, n_clips=800, shares=None, views=2, signal=1.5, seed=1
     )
     overrides = ("train.epochs=15", "train.seed=1", "train.eval_every=0", "optim.milestones=9,12")
-    metrics = fit(_cfg(path, tmp_path / "run", *overrides), log=lambda s: None)
+    metrics = fit_fold(_cfg(path, tmp_path / "run", *overrides), log=lambda s: None)
     assert metrics["war"] > 35 and metrics["uar"] > 35, metrics
 
     data = fold_data(load_cache(path), "1", torch.device("cpu"))
@@ -62,8 +63,8 @@ def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, ti
 
 def test_same_seed_same_metrics(feature_cache, tmp_path):
     path, _ = feature_cache
-    a = fit(_cfg(path, tmp_path / "a", *FAST), log=lambda s: None)
-    b = fit(_cfg(path, tmp_path / "b", *FAST), log=lambda s: None)
+    a = fit_fold(_cfg(path, tmp_path / "a", *FAST), log=lambda s: None)
+    b = fit_fold(_cfg(path, tmp_path / "b", *FAST), log=lambda s: None)
     assert a["war"] == b["war"] and a["uar"] == b["uar"] and a["confusion"] == b["confusion"]
     log_a = (tmp_path / "a" / "log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "log.csv").read_text().splitlines()
@@ -74,28 +75,28 @@ def test_same_seed_same_metrics(feature_cache, tmp_path):
 def test_resume_reaches_the_uninterrupted_metrics(feature_cache, tmp_path):
     path, _ = feature_cache
     overrides = [*FAST, "optim.milestones=2,3"]  # the schedule changes inside the interrupted span
-    whole = fit(_cfg(path, tmp_path / "whole", *overrides), log=lambda s: None)
+    whole = fit_fold(_cfg(path, tmp_path / "whole", *overrides), log=lambda s: None)
 
     def interrupt(epoch, row):
         if epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(path, tmp_path / "cut", *overrides), on_epoch_end=interrupt, log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "cut", *overrides), on_epoch_end=interrupt, log=lambda s: None)
     assert not (tmp_path / "cut" / "metrics.json").exists()
     with pytest.raises(TrainingError, match="--resume"):
-        fit(_cfg(path, tmp_path / "cut", *overrides), log=lambda s: None)
-    resumed = fit(_cfg(path, tmp_path / "cut", *overrides), resume=True, log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "cut", *overrides), log=lambda s: None)
+    resumed = fit_fold(_cfg(path, tmp_path / "cut", *overrides), resume=True, log=lambda s: None)
     assert resumed["war"] == whole["war"] and resumed["confusion"] == whole["confusion"]
     with pytest.raises(TrainingError, match="other settings"):
         (tmp_path / "cut" / "metrics.json").unlink()
-        fit(_cfg(path, tmp_path / "cut", *overrides, "model.window=2"), resume=True, log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "cut", *overrides, "model.window=2"), resume=True, log=lambda s: None)
 
 
 def test_run_directory_holds_everything(feature_cache, tmp_path):
     path, _ = feature_cache
     out = tmp_path / "run"
-    metrics = fit(_cfg(path, out, *FAST, "train.eval_every=2"), log=lambda s: None)
+    metrics = fit_fold(_cfg(path, out, *FAST, "train.eval_every=2"), log=lambda s: None)
     assert {p.name for p in out.iterdir()} >= {
         "config.json",
         "log.csv",
@@ -136,19 +137,19 @@ def test_non_finite_loss_stops_and_says_where(tmp_path, tiny_clip_path, tiny_cli
     write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=40, views=1)
     # a diverging learning rate (an Inf in the cache is refused by load_cache, naming its view: test_faults.py)
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, step 2 of .* Try a lower optim.lr"):
-        fit(_cfg(path, tmp_path / "run", *FAST, "optim.lr=1e30", "train.grad_clip=0"), log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "run", *FAST, "optim.lr=1e30", "train.grad_clip=0"), log=lambda s: None)
 
 
 def test_misfit_caches_are_refused(tmp_path, tiny_clip_path, tiny_clip, feature_cache):
     no_train = tmp_path / "test-only.h5"
     write_feature_cache(no_train, str(tiny_clip_path), tiny_clip.sha256, n_clips=20, views=0)
     with pytest.raises(CacheError, match=r"expected augmented train views.*found none"):
-        fit(_cfg(no_train, tmp_path / "a", *FAST), log=lambda s: None)
+        fit_fold(_cfg(no_train, tmp_path / "a", *FAST), log=lambda s: None)
     path, _ = feature_cache
     with pytest.raises(CacheError, match="found '6'"):
-        fit(_cfg(path, tmp_path / "b", *FAST, "fold=6"), log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "b", *FAST, "fold=6"), log=lambda s: None)
     from tgdfer.backbone import save_random_clip
 
     other = save_random_clip(tmp_path / "other.pt", seed=1)
     with pytest.raises(CacheError, match=r"sha256 .* but .* was extracted with"):
-        fit(_cfg(path, tmp_path / "c", *FAST, f"clip={other}"), log=lambda s: None)
+        fit_fold(_cfg(path, tmp_path / "c", *FAST, f"clip={other}"), log=lambda s: None)

@@ -30,7 +30,7 @@ from tgdfer.features.views import read_shard, write_shard
 from tgdfer.locks import acquire, lock_path
 from tgdfer.sweep.runner import run_table
 from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_folder
-from tgdfer.train.engine import fit
+from tgdfer.train.engine import fit_fold
 from tgdfer.train.runs import load_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +345,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path
     holder = _holder(run / ".lock")
     try:
         with pytest.raises(BusyError) as info:
-            fit(RunConfig(features=str(extracted), out=str(run), device="cpu"))
+            fit_fold(RunConfig(features=str(extracted), out=str(run), device="cpu"))
         assert str(info.value) == (
             f"run directory {run}: expected no other tgdfer process writing it, found process {holder.pid} holding "
             f"{run / '.lock'}; wait for it to finish or stop it, or choose another output"
@@ -413,13 +413,10 @@ def test_a_lock_names_its_holder_and_is_free_after_release(tmp_path):
 # --- orphaned sweep workers -----------------------------------------------------------------------------------
 
 _SWEEP_PARENT = """
-import concurrent.futures as cf, multiprocessing, os, sys, time
-from tgdfer.sweep.runner import _init_worker
+import os, sys, time
+from tgdfer.sweep.pool import worker_pool
 if __name__ == "__main__":
-    ctx = multiprocessing.get_context("spawn")
-    slots = ctx.Queue()
-    slots.put(0)
-    pool = cf.ProcessPoolExecutor(1, ctx, _init_worker, (slots, "cpu", 1, os.getpid()))
+    pool = worker_pool(1, "cpu", 1)
     print(pool.submit(os.getpid).result(), flush=True)
     pool.submit(time.sleep, 300)  # a training that would go on for minutes
     time.sleep(300)

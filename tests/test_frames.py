@@ -17,7 +17,7 @@ from tgdfer.features.cache import load_cache
 from tgdfer.features.frames import FrameCache, FrameShardData, write_frame_entry, write_frame_shard
 from tgdfer.features.store import shard_dir, shard_path
 from tgdfer.testing.synthetic import write_frame_feature_cache
-from tgdfer.train.engine import epoch_generator, fit
+from tgdfer.train.engine import epoch_generator, fit_fold
 from tgdfer.train.splits import fold_data, train_feature_mean
 
 CPU = torch.device("cpu")
@@ -179,7 +179,7 @@ def _run(cache, out, *overrides):
 
 def test_resumed_run_on_a_frame_cache_equals_an_uninterrupted_one(frame_cache, tmp_path):
     path, _ = frame_cache
-    whole = fit(_run(path, tmp_path / "whole"), log=lambda s: None)
+    whole = fit_fold(_run(path, tmp_path / "whole"), log=lambda s: None)
     assert whole["train_clips"] == 120 and whole["test_clips"] == 30
 
     def interrupt(epoch, row):
@@ -187,10 +187,10 @@ def test_resumed_run_on_a_frame_cache_equals_an_uninterrupted_one(frame_cache, t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_run(path, tmp_path / "cut"), on_epoch_end=interrupt, log=lambda s: None)
+        fit_fold(_run(path, tmp_path / "cut"), on_epoch_end=interrupt, log=lambda s: None)
     with pytest.raises(TrainingError, match="--resume"):
-        fit(_run(path, tmp_path / "cut"), log=lambda s: None)
-    resumed = fit(_run(path, tmp_path / "cut"), resume=True, log=lambda s: None)
+        fit_fold(_run(path, tmp_path / "cut"), log=lambda s: None)
+    resumed = fit_fold(_run(path, tmp_path / "cut"), resume=True, log=lambda s: None)
     assert resumed["war"] == whole["war"] and resumed["confusion"] == whole["confusion"]
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]

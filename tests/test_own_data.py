@@ -25,7 +25,7 @@ from tgdfer.plots import confusion_cells, influence_png, influence_png_size
 from tgdfer.progress import Progress
 from tgdfer.sweep.tables import TABLES, render
 from tgdfer.testing.synthetic import make_clip, make_csv_dataset, write_feature_cache, write_video
-from tgdfer.train.engine import fit
+from tgdfer.train.engine import fit_fold
 
 CLASSES = ("sad", "surprise", "happy")  # as a user writes them; they fold to sadness, surprise, happiness
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -114,7 +114,7 @@ def test_validation_is_scored_every_epoch_and_the_final_epoch_reported(tmp_path,
         seal_entry(f)  # re-seal the edited entry, as write_entry would
     lines = []
     cfg = RunConfig(features=str(path), out=str(tmp_path / "run"), device="cpu")
-    metrics = fit(apply_overrides(cfg, ["train.epochs=3", "train.batch_size=16"]), log=lines.append)
+    metrics = fit_fold(apply_overrides(cfg, ["train.epochs=3", "train.batch_size=16"]), log=lines.append)
     assert lines[0].startswith("train: 20 train / 30 test / 10 val clips, split fold1")
     with open(tmp_path / "run" / "log.csv") as fh:
         log = list(csv.DictReader(fh))

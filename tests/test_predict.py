@@ -26,7 +26,7 @@ from tgdfer.features.cache import load_cache
 from tgdfer.model.inference import predict_features as predict_views
 from tgdfer.plots import influence_png_size
 from tgdfer.testing.synthetic import make_clip, make_csv_dataset, write_frame_folder, write_video
-from tgdfer.train.engine import fit
+from tgdfer.train.engine import fit_fold
 from tgdfer.train.runs import load_run
 
 CLASSES = ("happiness", "sadness", "surprise")  # drawn in the training clips
@@ -61,7 +61,7 @@ def trained(tmp_path_factory, tiny_clip_path):
     )
     run = root / "run"
     cfg = RunConfig(features=str(cache), out=str(run), device="cpu")
-    fit(apply_overrides(cfg, ["train.epochs=1", "train.batch_size=8"]), log=lambda s: None)
+    fit_fold(apply_overrides(cfg, ["train.epochs=1", "train.batch_size=8"]), log=lambda s: None)
     return run, cache
 
 

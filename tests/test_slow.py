@@ -34,7 +34,7 @@ def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
     from tgdfer.extract import extract
     from tgdfer.features.cache import load_cache
     from tgdfer.testing.synthetic import make_dfew_tree
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     root = make_dfew_tree(tmp_path / "d", 10, frames=(20, 30), size=224)
     extract(ExtractConfig(dataset="dfew", root=str(root), out=str(tmp_path / "c.h5"), clip=str(vitb32), views=1))
@@ -43,7 +43,7 @@ def test_extract_and_train_with_the_vitb32_architecture(tmp_path, vitb32):
     cfg = apply_overrides(
         RunConfig(features=str(tmp_path / "c.h5"), out=str(tmp_path / "run")), ["train.epochs=1", "train.batch_size=4"]
     )
-    metrics = fit(cfg, log=lambda s: None)
+    metrics = fit_fold(cfg, log=lambda s: None)
     assert metrics["test_clips"] == 2 and metrics["war"] in (0.0, 50.0, 100.0)  # fold 1 tests 2 of the 10 clips
 
 
@@ -65,12 +65,12 @@ def test_cuda_extraction_matches_cpu(tmp_path, tiny_clip_path, dfew_root):
 @cuda
 def test_cuda_training_learns_and_resumes(tmp_path, feature_cache):
     from tgdfer.config import RunConfig, apply_overrides
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     path, _ = feature_cache
     cfg = apply_overrides(
         RunConfig(features=str(path), out=str(tmp_path / "run"), device="cuda"),
         ["train.epochs=6", "train.batch_size=16"],
     )
-    metrics = fit(cfg, log=lambda s: None)
+    metrics = fit_fold(cfg, log=lambda s: None)
     assert metrics["war"] > 50

@@ -32,7 +32,7 @@ from tgdfer.data.video import VideoStream
 from tgdfer.errors import ConfigError
 from tgdfer.extract import extract
 from tgdfer.testing.synthetic import face_scene, make_clip, make_csv_dataset, write_video_pts
-from tgdfer.train.engine import fit
+from tgdfer.train.engine import fit_fold
 
 CLASSES = ("happiness", "sadness", "surprise")
 NAMES = CLASSES  # the run's classes: the CSV's own labels, sorted
@@ -58,7 +58,7 @@ def trained(tmp_path_factory, tiny_clip_path) -> Path:
         )
     )
     run = root / "run"
-    fit(apply_overrides(RunConfig(features=str(cache), out=str(run), device="cpu"), ["train.epochs=1"]), log=print)
+    fit_fold(apply_overrides(RunConfig(features=str(cache), out=str(run), device="cpu"), ["train.epochs=1"]), log=print)
     return run
 
 

@@ -44,7 +44,7 @@ from tgdfer.extract import extract as _extract
 from tgdfer.features.cache import load_cache
 from tgdfer.features.views import FeatureCache
 from tgdfer.model.inference import predict_features as _model_features
-from tgdfer.train.engine import train as _train
+from tgdfer.train.folds import train as _train
 from tgdfer.train.runs import TrainedRun
 from tgdfer.train.runs import load_run as _load_run
 

@@ -181,7 +181,7 @@ def train(
     ] = False,
 ) -> None:
     """Stage 2: train the temporal network and prompts on a cache; --fold all runs every fold."""
-    from tgdfer.train.engine import train as run_train
+    from tgdfer.train.folds import train as run_train
 
     where, set_ = _launcher(
         {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}
@@ -191,7 +191,7 @@ def train(
     cfg = _build(RunConfig, {"features": features, "fold": fold, "device": device, "clip": clip, "out": out}, set_)
     if where.kind == "slurm":
         from tgdfer.features.cache import folds_of
-        from tgdfer.sweep.launchers import train_folds
+        from tgdfer.sweep.slurm import train_folds
 
         train_folds(cfg, folds_of(cfg.features, cfg.fold), where, resume=resume)
         return
@@ -225,7 +225,8 @@ def ablate(
     ] = None,
 ) -> None:
     """Run a paper ablation table as a resumable sweep and write it beside the paper's figures."""
-    from tgdfer.sweep.runner import parse_folds, parse_seeds, run_table
+    from tgdfer.sweep.plan import parse_folds, parse_seeds
+    from tgdfer.sweep.runner import run_table
 
     where, set_ = _launcher(
         {"kind": launcher, "partition": slurm_partition, "gpus_per_task": slurm_gpus, "cpus_per_task": slurm_cpus}

@@ -414,8 +414,9 @@ class SweepConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     launcher: LauncherConfig = field(default_factory=LauncherConfig)  # local pool, or a SLURM array
     batch: bool = False  # runs of one model shape (a row's folds and seeds) train as one batched model (opt-in:
-    #                      on CPU it measured 0.97-1.21x one at a time, and it equals runs alone only within float
-    #                      tolerance, which training amplifies); False trains each bit-identical to `tgdfer train`
+    #                      on CPU it measured 1.04x one at a time; without dropout it equals runs alone within
+    #                      float tolerance, with dropout its masks are another draw); False trains each
+    #                      bit-identical to `tgdfer train`
 
     def __post_init__(self) -> None:
         _checked(self, {"workers": (_at_least(1), ">= 1 trainings at once"), "seeds": (len, "at least one seed")})

@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     from tgdfer.apps.predict import explain, format_predictions, predict
     from tgdfer.config import ExtractConfig, PredictConfig, RunConfig
     from tgdfer.extract import extract
-    from tgdfer.train.engine import fit
+    from tgdfer.train.engine import fit_fold
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -165,7 +165,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         train=replace(run.train, epochs=epochs, batch_size=16),
         optim=replace(run.optim, milestones=(round(epochs * 0.6), round(epochs * 0.8))),
     )
-    metrics = fit(run, log=log)
+    metrics = fit_fold(run, log=log)
 
     log("demo 4/4: predicting new clips and explaining one")
     with open(data / "annotations.csv") as fh:

@@ -1,95 +1,44 @@
-"""``tgdfer ablate``: run a paper table (``ablation_tables``) as rows × folds × seeds training runs, and report it.
+"""``tgdfer ablate``: run a paper table (``tgdfer.sweep.tables``) as rows × folds × seeds training runs, and report it.
 
-Each run is keyed by a hash of its resolved RunConfig (less ``out`` and ``device``, which do not change what is
-learnt) and the cache's fingerprint, and lives in ``<out>/runs/<hash>/``, the run directory ``engine.fit`` writes.
-So identical settings are trained once, across rows and tables sharing an out directory (Table 3 e, Table 4
-s1-w4, Table 5 h and Table 6's trained model are one run per fold and seed), and a killed sweep resumes: a run
-with metrics.json is reused, one with only checkpoint.pt continues from it. A run that fails leaves error.txt
-(its traceback) and the sweep goes on; a rerun retries it.
+Each run is keyed by its settings and the cache's fingerprint (``tgdfer.sweep.plan``) and lives in
+``<out>/runs/<key>/``, the run directory ``engine.fit_fold`` writes. So identical settings are trained once, across
+rows and tables sharing an out directory (Table 3 e, Table 4 s1-w4, Table 5 h and Table 6's trained model are one
+run per fold and seed), and a killed sweep resumes: a run with metrics.json is reused, one with only checkpoint.pt
+continues from it. A run that fails leaves error.txt (its traceback) and the sweep goes on; a rerun retries it.
 
-Runs that share a model shape (the folds and seeds of a row) train together as one batched model
-(``tgdfer.sweep.grouped``, ``tgdfer.train.batched``) unless ``SweepConfig.batch`` is off (``--no-batch``).
-``workers > 1`` trains that many runs at once in spawned processes (a small run leaves most of a GPU idle), each
-loading the cache and CLIP once, spread over the GPUs round-robin; a slurm ``launcher`` trains them as one SLURM
-array job instead (``tgdfer.sweep.launchers``). Workers die with the sweep (``_die_with_parent``): a killed sweep
-leaves no orphan training on, and each run directory is locked by the process training it. The report is
-``<out>/table<N>.md`` and ``.csv``: UAR and WAR mean ± std over folds and seeds per row, the number of runs behind
-each, the paper's figures.
+The runs train through ``tgdfer.sweep.pool``: one at a time here, or ``workers > 1`` at once in spawned processes
+(a small run leaves most of a GPU idle) spread over the GPUs round-robin; with ``SweepConfig.batch`` (``--batch``)
+runs that share a model shape (the folds and seeds of a row) train together as one batched model
+(``tgdfer.train.batched``). A slurm ``launcher`` trains them as one SLURM array job instead
+(``tgdfer.sweep.slurm``). The report is ``<out>/table<N>.md`` and ``.csv``: UAR and WAR mean ± std over folds and
+seeds per row, the number of runs behind each, the paper's figures.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import ctypes
-import hashlib
 import json
-import multiprocessing
-import os
-import signal
-import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from tgdfer.atomic import write_text
-from tgdfer.config import LauncherConfig, RunConfig, SweepConfig, apply_overrides, to_dict
-from tgdfer.errors import ConfigError
+from tgdfer.config import LauncherConfig, SweepConfig
+from tgdfer.devices import resolve_device
+from tgdfer.errors import CacheError, ConfigError
+from tgdfer.features.cache import folds_of, load_cache, read_attrs
+from tgdfer.sweep.plan import Jobs, describe, plan_runs
+from tgdfer.sweep.pool import Outcome, died, run_all, train_group
+from tgdfer.sweep.slurm import launch
 from tgdfer.sweep.tables import TABLES, Row, Table, render
-from tgdfer.train.runs import ERROR, METRICS, RunDir
+from tgdfer.train.batched import shape_key
+from tgdfer.train.engine import evaluate
+from tgdfer.train.runs import ERROR, METRICS, RunDir, load_run
+from tgdfer.train.splits import fold_data
 
 SELECT = "select.json"  # the sweep's own file in a run directory: Table 6's re-predictions of that run
 
-__all__ = ["parse_folds", "parse_seeds", "run_key", "run_table"]
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    """'1-3' or '1,2,3' (or a mix, '1-2,5') -> [1, 2, 3]."""
-    values: list[int] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        try:
-            if "-" in part.lstrip("-"):
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                values += range(lo, hi + 1)
-            else:
-                values.append(int(part))
-        except ValueError:
-            raise ConfigError(f"--{what}: expected numbers or ranges such as 1-5 or 1,3, found {text!r}") from None
-    return list(dict.fromkeys(values))
-
-
-def parse_folds(text: str | None, features: str | None = None) -> list[str] | None:
-    """'1-5' -> ['1'..'5'], '1,3' -> ['1', '3']; 'all' or None -> every split of ``features`` (None without it)."""
-    if text is None or str(text).strip().lower() in ("", "all"):
-        from tgdfer.features.cache import folds_of
-
-        return folds_of(features, "all") if features else None
-    return [str(k) for k in _int_list(text, "folds")]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'1,2,3' or '1-3' -> [1, 2, 3]."""
-    return _int_list(text, "seeds")
-
-
-def run_key(cfg: RunConfig, fingerprint: str) -> str:
-    """12 hex digits naming a run: its settings (less out and device) and the cache's contents."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "device")}
-    text = json.dumps({"config": settings, "fingerprint": fingerprint}, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _diff(cfg: RunConfig) -> str:
-    """Settings that differ from `tgdfer train`'s defaults, as --set strings."""
-    ours, base = to_dict(cfg), to_dict(RunConfig())
-    changed = [f"clip={ours['clip']}"] if ours["clip"] != base["clip"] else []
-    for section in ("model", "optim", "train"):
-        changed += [f"{section}.{k}={v}" for k, v in ours[section].items() if v != base[section][k]]
-    return " ".join(changed) or "(defaults)"
+__all__ = ["run_table"]
 
 
 def _duration(seconds: float) -> str:
@@ -97,73 +46,12 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-# One process's cache and CLIP (workers load them once), and its device when the parent assigned one.
-_STATE: dict = {}
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
-    """End this process when ``parent`` dies, however it dies (kill -9 included).
-
-    On Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG); a daemon thread that polls
-    the parent pid covers other systems and a parent that died before the prctl call.
-    """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(1)  # orphaned: stop at once, leaving committed checkpoints for the rerun
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def _init_worker(slots, device: str, threads: int, parent: int) -> None:
-    """Pool initializer: die with the sweep; take a worker number; pick its GPU (round-robin) and CPU threads."""
-    _die_with_parent(parent)
-    import torch
-
-    torch.set_num_threads(threads)
-    index = slots.get()
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        _STATE["device"] = f"cuda:{index % torch.cuda.device_count()}"
-
-
-def _train(cfg: RunConfig, resume: bool) -> tuple[bool, dict | str, float]:
-    """Train one run quietly -> (ok, metrics or traceback text, seconds). Never raises: the sweep goes on."""
-    started = time.perf_counter()
-    try:
-        import torch
-
-        from tgdfer.backbone import load_clip
-        from tgdfer.features.cache import load_cache
-        from tgdfer.train.engine import fit
-
-        source = (cfg.features, cfg.clip)
-        if _STATE.get("source") != source:  # one cache in memory per process (a DFEW cache is about 1 GB)
-            _STATE.pop("resources", None)
-            cache = load_cache(cfg.features)
-            clip = load_clip(cfg.clip or cache.attrs["clip_model"], "cpu", torch.float32)
-            _STATE.update(source=source, resources=(cache, clip))
-        cache, clip = _STATE["resources"]
-        if "device" in _STATE:
-            cfg = replace(cfg, device=_STATE["device"])
-        metrics = fit(cfg, resume=resume, cache=cache, clip=clip, log=lambda _: None)
-        return True, metrics, time.perf_counter() - started
-    except Exception:
-        return False, traceback.format_exc(), time.perf_counter() - started
-
-
 def _status(run_dir: Path) -> str:
     return RunDir(run_dir).status()
 
 
 def _train_all(
-    jobs: dict[str, tuple[RunConfig, str]],
+    jobs: Jobs,
     workers: int,
     device: str,
     log: Callable[[str], None],
@@ -173,8 +61,8 @@ def _train_all(
 ) -> int:
     """Train the jobs ({key: (config, label)}) not finished yet; one line per finished run. Returns how many ran.
 
-    With a slurm ``launcher`` they train as an array job (``tgdfer.sweep.launchers``, its files under ``folder``);
-    with ``batch`` runs of one model shape train as one batched model (``tgdfer.sweep.grouped``).
+    With a slurm ``launcher`` they train as an array job (``tgdfer.sweep.slurm``, its files under ``folder``);
+    otherwise through ``tgdfer.sweep.pool``, with ``batch`` runs of one model shape as one batched model.
     """
     todo = {k: job for k, job in jobs.items() if _status(Path(job[0].out)) != "done"}
     done0 = len(jobs) - len(todo)
@@ -182,10 +70,12 @@ def _train_all(
         log(f"{done0} of {len(jobs)} runs finished earlier: reusing them")
     if not todo:
         return 0
-    started = time.perf_counter()
+    started, finished = time.perf_counter(), 0
 
-    def report(key: str, ok: bool, result, seconds: float, finished: int) -> None:
-        cfg, label = todo[key]
+    def report(key: str, outcome: Outcome) -> None:
+        nonlocal finished
+        finished += 1
+        (cfg, label), (ok, result, seconds) = todo[key], outcome
         run_dir = Path(cfg.out)
         if ok:
             (run_dir / ERROR).unlink(missing_ok=True)
@@ -196,44 +86,20 @@ def _train_all(
         eta = (time.perf_counter() - started) / finished * (len(todo) - finished)
         log(f"[{done0 + finished}/{len(jobs)}] {label}: {what} ({seconds:.1f} s) — ETA {_duration(eta)}")
 
-    def resume(cfg: RunConfig) -> bool:
-        return _status(Path(cfg.out)) == "partial"
-
     if launcher is not None and launcher.kind == "slurm":
-        from tgdfer.sweep.launchers import launch
-
-        for n, (key, outcome) in enumerate(launch(todo, launcher, folder or Path("."), device, log), 1):
-            report(key, *outcome, n)
+        for key, outcome in launch(todo, launcher, folder or Path("."), device, log):
+            report(key, outcome)
         return len(todo)
-    if batch:  # runs of one model shape train as one batched model (tgdfer.sweep.grouped)
-        from tgdfer.sweep.grouped import train_groups
-
-        train_groups(todo, resume, report, workers, device)
-        return len(todo)
-    workers = min(workers, len(todo))
-    if workers == 1:
-        try:
-            for n, (key, (cfg, _)) in enumerate(todo.items(), 1):
-                report(key, *_train(cfg, resume(cfg)), n)
-        finally:
-            _STATE.clear()  # free the cache and CLIP in this process
-        return len(todo)
-    ctx = multiprocessing.get_context("spawn")  # fork after torch/CUDA init is unsafe
-    slots = ctx.Queue()
-    for i in range(workers):
-        slots.put(i)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = cf.ProcessPoolExecutor(workers, ctx, _init_worker, (slots, device, threads, os.getpid()))
-    try:
-        futures = {pool.submit(_train, cfg, resume(cfg)): key for key, (cfg, _) in todo.items()}
-        for n, future in enumerate(cf.as_completed(futures), 1):
-            try:
-                outcome = future.result()
-            except Exception:  # the worker process died (killed, out of memory): record it like a failed run
-                outcome = (False, traceback.format_exc(), 0.0)
-            report(futures[future], *outcome, n)
-    finally:  # on Ctrl-C, drop the queued runs instead of waiting for them all
-        pool.shutdown(wait=True, cancel_futures=True)
+    groups: dict[str, list[str]] = {}
+    for key, (cfg, _) in todo.items():  # batched: runs of one model shape (a row's folds and seeds) train as one
+        groups.setdefault(shape_key(cfg) if batch else key, []).append(key)
+    keys = list(groups.values())
+    calls = [([todo[k][0] for k in ks], [_status(Path(todo[k][0].out)) == "partial" for k in ks]) for ks in keys]
+    for i, outcomes in run_all(train_group, calls, workers, device):
+        if isinstance(outcomes, BaseException):  # the worker process died: every run of its group failed
+            outcomes = [died(outcomes)] * len(keys[i])
+        for key, outcome in zip(keys[i], outcomes, strict=True):
+            report(key, outcome)
     return len(todo)
 
 
@@ -242,12 +108,6 @@ def _evaluate_selected(rows: list[Row], run_dirs: list[Path], features: str, dev
 
     ``run_dirs`` come in fold order, so each fold's data goes to the device once and alone.
     """
-    from tgdfer.devices import resolve_device
-    from tgdfer.features.cache import load_cache
-    from tgdfer.train.engine import evaluate
-    from tgdfer.train.runs import load_run
-    from tgdfer.train.splits import fold_data
-
     cache, data, errors = None, None, {}
     for run_dir in run_dirs:
         path = run_dir / SELECT
@@ -271,24 +131,6 @@ def _evaluate_selected(rows: list[Row], run_dirs: list[Path], features: str, dev
             errors[run_dir] = traceback.format_exc().strip().splitlines()[-1]
             log(f"{run_dir.name}: evaluation FAILED {errors[run_dir]}")
     return errors
-
-
-def _plan(spec: Table, rows: list[Row], features: str, fingerprint: str, folds, seeds, out: Path, overrides, device):
-    """Every (row, fold, seed) entry and the distinct runs behind them: ([entry], {key: (config, label)})."""
-    plan, configs, names = [], {}, {}
-    for row in rows:
-        for fold in folds:
-            for seed in seeds:
-                base = RunConfig(features=str(features), fold=fold, device=device)
-                cfg = apply_overrides(base, [f"train.seed={seed}", *row.overrides, *overrides])
-                key = run_key(cfg, fingerprint)
-                configs[key] = replace(cfg, out=str(out / "runs" / key))
-                name = "default" if spec.evaluates else row.label  # Table 6 rows share one trained run
-                names[key] = [*names.get(key, []), *([name] if name not in names.get(key, []) else [])]
-                plan.append({"row": row, "fold": fold, "seed": seed, "run_dir": Path(configs[key].out)})
-    label = "table{} {} fold{} seed{}"
-    jobs = {k: (c, label.format(spec.number, ",".join(names[k]), c.fold, c.train.seed)) for k, c in configs.items()}
-    return plan, jobs
 
 
 def _summarize(spec: Table, rows: list[Row], plan: list[dict], errors: dict[Path, str]) -> tuple[list, list]:
@@ -322,8 +164,6 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
     Returns {"table", "rows": per-row summaries, "failed": failed (row, fold, seed) entries, "planned": rows ×
     folds × seeds, "trainings": distinct runs, "ran", "skipped", "table_md", "table_csv"}.
     """
-    from tgdfer.features.cache import CacheError, folds_of, read_attrs
-
     table, features, folds, seeds, rows = sweep.table, sweep.features, sweep.folds, list(sweep.seeds), sweep.rows
     workers, out, overrides, device = sweep.workers, sweep.out, list(sweep.overrides), sweep.device
     if str(table) not in TABLES:
@@ -337,7 +177,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
     if any(f not in valid for f in folds):
         raise ConfigError(f"--folds: {features} has folds {valid}; found {folds}")
     out_dir, fingerprint = Path(out), str(attrs.get("fingerprint"))
-    plan, jobs = _plan(spec, chosen, features, fingerprint, folds, seeds, out_dir, overrides, device)
+    plan, jobs = plan_runs(spec, chosen, features, fingerprint, folds, seeds, out_dir, overrides, device)
     finished = sum(_status(Path(cfg.out)) == "done" for cfg, _ in jobs.values())
     result = {"table": spec.number, "planned": len(plan), "trainings": len(jobs), "table_md": None, "table_csv": None}
     if dry_run:
@@ -346,7 +186,7 @@ def run_table(sweep: SweepConfig, dry_run: bool = False, log: Callable[[str], No
             cfg = jobs[p["run_dir"].name][0]
             log(
                 f"table{spec.number} {p['row'].label} fold {p['fold']} seed {p['seed']}: {what}{p['run_dir']} "
-                f"[{_status(p['run_dir'])}] {_diff(cfg)}"
+                f"[{_status(p['run_dir'])}] {describe(cfg)}"
             )
         log(f"{len(plan)} entries, {len(jobs)} training runs, {finished} finished earlier (dry run: nothing trained)")
         summary, failed = _summarize(spec, chosen, plan, {})

@@ -1,30 +1,28 @@
-"""Stage 2: train and evaluate TG-DFER on the feature cache. ``train_one_epoch``, ``evaluate``, ``fit``.
+"""Stage 2: train and evaluate TG-DFER on the feature cache. ``train_one_epoch``, ``evaluate``, ``fit_fold``.
 
 The cache goes to the device once; each epoch every train clip contributes one of its augmented train views,
 drawn with a generator seeded by (seed, epoch), and the order is shuffled the same way. So a resumed run draws
 exactly what an uninterrupted one would, and no data loader or h5py handle is involved. Evaluation uses each
 test clip's test view. The reported metrics are the final epoch's: no checkpoint is ever chosen on the test split.
 
-``fit`` reads top to bottom: build the model for the cache, resume if asked, then per epoch train, evaluate for
-the curves, log and checkpoint; finally evaluate and write the metrics. The files of the run directory and the
-checkpoint's format belong to ``tgdfer.train.runs``.
+``fit_fold`` trains one run (one fold) and reads top to bottom: build the model for the cache, resume if asked,
+then per epoch train, evaluate for the curves, log and checkpoint; finally evaluate and write the metrics. The
+files of the run directory and the checkpoint's format belong to ``tgdfer.train.runs``. Every fold of a cache:
+``tgdfer.train.folds``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdfer.atomic import is_disk_full, remove_stale_temporaries, write_text
-from tgdfer.backbone import FrozenClip, load_clip
+from tgdfer.atomic import is_disk_full, remove_stale_temporaries
+from tgdfer.backbone import FrozenClip
 from tgdfer.config import RunConfig, TrainConfig
 from tgdfer.devices import autocast, resolve_device
 from tgdfer.errors import CacheError, TrainingError
@@ -32,7 +30,7 @@ from tgdfer.features.cache import FeatureCache, load_cache
 from tgdfer.locks import exclusive
 from tgdfer.model.inference import predict_features
 from tgdfer.model.network import TGDFER, count_parameters
-from tgdfer.train.metrics import Scores, scores, summarize
+from tgdfer.train.metrics import Scores, scores
 from tgdfer.train.runs import (
     CONFUSION,
     CURVES,
@@ -52,17 +50,25 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def epoch_draw(data: FoldData, cfg: TrainConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An epoch's sample of the train clips -> (n,) view rows (a per-frame cache's fresh (n, T) frame rows) and
+    the (n,) order to visit them in, both drawn from ``epoch_generator(seed, epoch)`` on the CPU."""
+    device = data.features.device
+    n, k = data.train_choices.shape
+    g = epoch_generator(cfg.seed, epoch)
+    choice = torch.randint(0, k, (n,), generator=g).to(device)
+    order = torch.randperm(n, generator=g).to(device)
+    return data.epoch_rows(choice, g), order
+
+
 def train_one_epoch(
     model: TGDFER, optimizer: torch.optim.Optimizer, data: FoldData, cfg: TrainConfig, epoch: int
 ) -> dict:
     """One pass over the train clips, a random train view each; returns mean loss and train accuracy."""
     model.train()
     device = data.features.device
-    n, k = data.train_choices.shape
-    g = epoch_generator(cfg.seed, epoch)
-    choice = torch.randint(0, k, (n,), generator=g).to(device)
-    order = torch.randperm(n, generator=g).to(device)
-    views = data.epoch_rows(choice, g)  # (n,) view rows, or a per-frame cache's fresh (n, T) frame rows
+    views, order = epoch_draw(data, cfg, epoch)
+    n = len(order)
     steps = math.ceil(n / cfg.batch_size)
     losses = torch.zeros(steps, device=device)
     correct = torch.zeros((), device=device)
@@ -113,7 +119,7 @@ def make_optimizer(model: TGDFER, cfg: RunConfig) -> tuple[torch.optim.Optimizer
     return optimizer, scheduler
 
 
-def _resume(run: RunDir, cfg: RunConfig, identity: dict, model, optimizer, scheduler, device) -> tuple[int, list]:
+def resume_run(run: RunDir, cfg: RunConfig, identity: dict, model, optimizer, scheduler, device) -> tuple[int, list]:
     """Continue from run's checkpoint, refusing one trained with other settings or on another cache."""
     state = load_checkpoint(run.checkpoint, map_location=device)
     differing = differing_settings(cfg, state["config"])
@@ -131,7 +137,8 @@ def _resume(run: RunDir, cfg: RunConfig, identity: dict, model, optimizer, sched
     return restore_checkpoint(state, model, optimizer, scheduler, device)
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict, epochs: int) -> str:
+    """The log line of one epoch's row (loss, train accuracy, and the test/val scores where evaluated)."""
     evaluated = f" test WAR {row['test_war']:.2f} UAR {row['test_uar']:.2f}" if row["test_war"] != "" else ""
     if row.get("val_war", "") != "":
         evaluated += f" val WAR {row['val_war']:.2f} UAR {row['val_uar']:.2f}"
@@ -141,7 +148,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
     )
 
 
-def fit(
+def fit_fold(
     cfg: RunConfig,
     resume: bool = False,
     cache: FeatureCache | None = None,
@@ -194,7 +201,7 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
     run.path.mkdir(parents=True, exist_ok=True)
     start_epoch, history = 0, []
     if resume and run.checkpoint.exists():
-        start_epoch, history = _resume(run, cfg, identity, model, optimizer, scheduler, device)
+        start_epoch, history = resume_run(run, cfg, identity, model, optimizer, scheduler, device)
         log(f"resumed {run.path} after epoch {start_epoch}")
     run.write_config(cfg, identity)
     started = time.perf_counter()
@@ -217,7 +224,7 @@ def _fit(cfg: RunConfig, resume: bool, cache, clip, on_epoch_end, log) -> dict:
         history.append(row)
         run.write_log(history)
         save_checkpoint(run, model, optimizer, scheduler, epoch + 1, history, cfg, identity, device)
-        log(_epoch_line(row, cfg.train.epochs))
+        log(epoch_line(row, cfg.train.epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     return finish_run(run, model, data, cfg, split, trainable, started, history, log)
@@ -234,7 +241,7 @@ def finish_run(
     history: list[dict],
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate the final epoch, write metrics.json and the figures -> the metrics (``fit`` and ``fit_batched``)."""
+    """Evaluate the final epoch, write metrics.json and the figures -> the metrics (``fit_fold``, ``fit_batched``)."""
     from tgdfer.plots import confusion_png, curves_png
 
     val = data.validation()  # None without val clips
@@ -265,59 +272,3 @@ def finish_run(
     curves_png(history, run.path / CURVES)
     log(f"final (epoch {cfg.train.epochs}): WAR {final.war:.2f}  UAR {final.uar:.2f}  -> {run.path}")
     return metrics
-
-
-def fit_folds(
-    cfg: RunConfig, folds: list[str], resume: bool = False, log: Callable[[str], None] = print, batch: bool = False
-) -> dict:
-    """One run per fold under cfg.out/fold<k>, then summary.json and the fold-summed confusion matrix.
-
-    ``batch``: the folds still to train step together as one batched model (``tgdfer.train.batched``); False
-    trains them one after another.
-    """
-    from tgdfer.plots import confusion_png
-    from tgdfer.train.batched import fit_batched
-
-    if len(folds) == 1:
-        return fit(replace(cfg, fold=folds[0]), resume=resume, log=log)
-    cache = load_cache(cfg.features)
-    clip = load_clip(cfg.clip or cache.attrs["clip_model"], "cpu", torch.float32)
-    results, todo = {}, []
-    for fold in folds:
-        run_cfg = replace(cfg, fold=fold, out=str(Path(cfg.out) / f"fold{fold}"))
-        run = RunDir(Path(run_cfg.out))
-        if run.status() == "done":
-            log(f"fold {fold}: finished earlier, reading {run.metrics}")
-            results[fold] = run.read_metrics()
-        elif not batch:
-            results[fold] = fit(run_cfg, resume=resume, cache=cache, clip=clip, log=log)
-        else:
-            todo.append(run_cfg)
-    if todo:
-        for run_cfg, outcome in zip(todo, fit_batched(todo, resume, cache, clip, log=log), strict=True):
-            if isinstance(outcome, Exception):
-                raise outcome
-            results[run_cfg.fold] = outcome
-    results = [results[fold] for fold in folds]
-    summary = summarize(results)
-    write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
-    confusion_png(
-        np.array(summary["confusion_sum"]),
-        tuple(summary["class_names"]),
-        Path(cfg.out) / CONFUSION,
-        f"{len(folds)} folds: WAR {summary['war_mean']:.2f}±{summary['war_std']:.2f}  "
-        f"UAR {summary['uar_mean']:.2f}±{summary['uar_std']:.2f}",
-    )
-    log(
-        f"{len(folds)} folds: WAR {summary['war_mean']:.2f} ± {summary['war_std']:.2f}  "
-        f"UAR {summary['uar_mean']:.2f} ± {summary['uar_std']:.2f}  -> {cfg.out}/summary.json"
-    )
-    return summary
-
-
-def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print, batch: bool = False) -> dict:
-    """``tgdfer train``: one fold (``fit``), or with ``fold="all"`` every split of the cache (``fit_folds``,
-    batched unless ``batch`` is False)."""
-    from tgdfer.features.cache import folds_of
-
-    return fit_folds(cfg, folds_of(cfg.features, cfg.fold), resume=resume, log=log, batch=batch)

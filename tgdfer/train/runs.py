@@ -159,12 +159,8 @@ def save_checkpoint(
     cfg: RunConfig,
     identity: dict,
     device: torch.device,
-    rng: torch.Tensor | None = None,
 ) -> None:
-    """Write checkpoint.pt atomically, holding only tensors and plain types (see the module docstring).
-
-    ``rng``: the run's CPU RNG state when it is not the global one (a batched run's own stream).
-    """
+    """Write checkpoint.pt atomically, holding only tensors and plain types (see the module docstring)."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "tgdfer_version": __version__,
@@ -173,7 +169,7 @@ def save_checkpoint(
         "scheduler": _scheduler_state(scheduler.state_dict()),
         "epoch": epoch,
         "rng": {
-            "torch": torch.get_rng_state() if rng is None else rng,
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
         "history": json.dumps(history),

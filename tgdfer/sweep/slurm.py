@@ -7,8 +7,8 @@ directories the local pool uses, so a run is keyed by its settings and the cache
 a resubmitted sweep skips finished runs, retries failed ones and continues partial ones from their checkpoints.
 
 A task near its time limit, or preempted, gets SIGUSR2 from SLURM (90 s before the end); submitit
-then calls ``_Task.checkpoint`` and requeues it. The epoch checkpoints are on disk already, so the requeued task
-only re-reads its run directories and calls ``fit(resume=True)`` on those holding a checkpoint.
+then calls ``Task.checkpoint`` and requeues it. The epoch checkpoints are on disk already, so the requeued task
+only re-reads its run directories and calls ``fit_fold(resume=True)`` on those holding a checkpoint.
 
 Submitit is imported inside the functions that submit, so nothing else needs it installed. Its files (pickled
 tasks, results, each task's log ``<job id>_0_log.out`` and ``.err``) go to ``<sweep folder>/slurm/``; the sweep
@@ -17,8 +17,6 @@ folder and the cache must be on a file system the nodes share.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
 import shutil
 import socket
@@ -27,20 +25,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from tgdfer.atomic import write_text
 from tgdfer.config import LauncherConfig, RunConfig
 from tgdfer.errors import TrainingError
+from tgdfer.sweep.plan import Jobs
+from tgdfer.sweep.pool import Outcome, died, run_all, train_run
+from tgdfer.train.folds import fit_folds
 from tgdfer.train.runs import RunDir
 
 SUBMITIT = "slurm"  # submitit's folder inside the sweep folder: each task's pickles and logs, named by its job id
 
-Jobs = dict[str, tuple[RunConfig, str]]  # {run key: (config, label)}, as sweep.runner plans them
-Outcome = tuple[bool, dict | str, float]  # (ok, metrics or traceback text, seconds), as sweep.runner reports them
-
-__all__ = ["launch", "train_folds"]
+__all__ = ["Task", "chunks", "launch", "make_executor", "train_folds"]
 
 
-def _chunks(keys: list[str], size: int) -> list[list[str]]:
+def chunks(keys: list[str], size: int) -> list[list[str]]:
     """['a', 'b', 'c'], 2 -> [['a', 'b'], ['c']]: consecutive runs share a task."""
     return [keys[i : i + size] for i in range(0, len(keys), size)]
 
@@ -70,7 +70,7 @@ def _record(cfg: RunConfig, outcome: Outcome) -> None:
 
 
 @dataclass
-class _Task:
+class Task:
     """One array task: train ``jobs`` (each run resumes when its directory holds a checkpoint)."""
 
     jobs: Jobs
@@ -80,10 +80,6 @@ class _Task:
 
     def __call__(self) -> dict[str, Outcome]:
         """Train the runs not finished yet -> {key: outcome} for every run of the task. Prints to the task's log."""
-        import torch
-
-        from tgdfer.sweep import runner
-
         outcomes, todo = {}, {}
         for key, (cfg, label) in self.jobs.items():
             status = RunDir(Path(cfg.out)).status()
@@ -111,30 +107,9 @@ class _Task:
             what = f"WAR {result['war']:.2f} UAR {result['uar']:.2f}" if ok else result.strip().splitlines()[-1]
             print(f"{label}: {'' if ok else 'FAILED '}{what} ({seconds:.1f} s)", flush=True)
 
-        if processes <= 1:
-            torch.set_num_threads(threads)
-            try:
-                for key, cfg in todo.items():  # fit(resume=True) where the run directory holds a checkpoint
-                    finish(key, runner._train(cfg, RunDir(Path(cfg.out)).checkpoint.exists()))
-            finally:
-                runner._STATE.clear()
-            return outcomes
-        ctx = multiprocessing.get_context("spawn")  # fork after torch/CUDA init is unsafe
-        slots = ctx.Queue()
-        for i in range(processes):
-            slots.put(i)
-        initargs = (slots, self.device, threads, os.getpid())  # workers die with this task (runner._die_with_parent)
-        with cf.ProcessPoolExecutor(processes, ctx, runner._init_worker, initargs) as pool:
-            futures = {
-                pool.submit(runner._train, cfg, RunDir(Path(cfg.out)).checkpoint.exists()): key
-                for key, cfg in todo.items()
-            }
-            for future in cf.as_completed(futures):
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # the process died (out of memory, killed): a failed run, not a task
-                    outcome = (False, f"a training process of this task died: {type(exc).__name__}: {exc}\n", 0.0)
-                finish(futures[future], outcome)
+        calls = [(cfg, RunDir(Path(cfg.out)).checkpoint.exists()) for cfg in todo.values()]  # resume if it can
+        for i, outcome in run_all(train_run, calls, processes, self.device, threads):
+            finish(list(todo)[i], died(outcome) if isinstance(outcome, BaseException) else outcome)
         return outcomes
 
     def checkpoint(self, *args, **kwargs):
@@ -145,7 +120,7 @@ class _Task:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def _executor(launcher: LauncherConfig, folder: Path, name: str, tasks: int):
+def make_executor(launcher: LauncherConfig, folder: Path, name: str, tasks: int):
     """A submitit executor for ``tasks`` array tasks of the launcher's resources; its files go to ``folder``."""
     try:
         import submitit
@@ -184,9 +159,9 @@ def launch(jobs: Jobs, launcher: LauncherConfig, folder: Path, device: str, log:
     A task that dies (killed, node failure, out of memory) yields a failure for each of its runs not finished;
     the next submission resumes them. Ctrl-C cancels the array job.
     """
-    chunks = _chunks(list(jobs), launcher.runs_per_task)
-    tasks = [_Task({k: jobs[k] for k in c}, device, launcher.cpus_per_task, launcher.runs_per_gpu) for c in chunks]
-    executor = _executor(launcher, Path(folder) / SUBMITIT, f"tgdfer-{Path(folder).name}", len(tasks))
+    parts = chunks(list(jobs), launcher.runs_per_task)
+    tasks = [Task({k: jobs[k] for k in c}, device, launcher.cpus_per_task, launcher.runs_per_gpu) for c in parts]
+    executor = make_executor(launcher, Path(folder) / SUBMITIT, f"tgdfer-{Path(folder).name}", len(tasks))
     submitted = executor.submit_array(tasks)
     log(
         f"submitted {len(jobs)} runs as {len(tasks)} array tasks of up to {launcher.runs_per_task} runs "
@@ -195,7 +170,7 @@ def launch(jobs: Jobs, launcher: LauncherConfig, folder: Path, device: str, log:
     return _collect(submitted, tasks, 0.5 if launcher.cluster == "local" else 30.0)
 
 
-def _collect(submitted: list, tasks: list[_Task], poll: float) -> Iterator[tuple[str, Outcome]]:
+def _collect(submitted: list, tasks: list[Task], poll: float) -> Iterator[tuple[str, Outcome]]:
     from submitit.helpers import as_completed
 
     task_of = {job.job_id: task for job, task in zip(submitted, tasks, strict=True)}
@@ -231,8 +206,6 @@ def train_folds(
     launchers can finish each other's work. Without ``resume`` a fold holding an unfinished run is refused, as
     ``tgdfer train`` refuses it.
     """
-    from tgdfer.train.engine import fit_folds
-
     single = len(folds) == 1
     jobs = {
         f"fold{f}": (replace(cfg, fold=f, out=cfg.out if single else str(Path(cfg.out) / f"fold{f}")), f"fold {f}")
