@@ -26,7 +26,8 @@ def test_every_trainable_parameter_gets_a_gradient_and_clip_none(clip_model):
     model = _model(clip_model, dropout=0.0)
     out = model(torch.randn(4, 16, 32))
     assert out.logits.shape == (4, 7) and out.scores.shape == (4, 16, 7) and out.align.shape == (4, 16, 7)
-    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])).backward()
+    y = torch.tensor([0, 1, 2, 3])
+    sum(torch.nn.functional.cross_entropy(bag, y) for bag in (out.logits, *out.aux)).backward()  # the engine's loss
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -97,7 +98,8 @@ def test_bf16_autocast_trains_and_keeps_scores_fp32(clip_model, placement):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(3, 16, 32))
     assert out.scores.dtype == torch.float32 and out.align.dtype == torch.float32
-    torch.nn.functional.cross_entropy(out.logits.float(), torch.tensor([0, 1, 2])).backward()
+    y = torch.tensor([0, 1, 2])
+    sum(torch.nn.functional.cross_entropy(bag.float(), y) for bag in (out.logits, *out.aux)).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
@@ -149,3 +151,31 @@ def test_a_run_saved_before_the_frame_stream_rebuilds_the_network_it_trained():
     assert from_dict(RunConfig, saved).model.instances == "both"
     del saved["model"]["instances"]
     assert from_dict(RunConfig, saved).model.instances == "temporal"
+
+
+def test_the_frame_stream_trains_by_its_own_loss_and_the_prediction_is_the_temporal_streams(clip_model):
+    """bag="temporal", frame_grad="own": the clip's logits come from the temporal stream alone (the frame map gets
+    no gradient from them) and the frame stream's bag (aux) trains its frame map only, never the prompts or the
+    Eq. 10 MLP the temporal stream scores against."""
+    model = _model(clip_model, dropout=0.0, instances="both", bag="temporal", frame_grad="own")
+    out = model(torch.randn(4, 16, 32))
+    y = torch.tensor([0, 1, 2, 3])
+    torch.nn.functional.cross_entropy(out.logits, y).backward()
+    assert model.frame.weight.grad is None
+    model.zero_grad(set_to_none=True)
+    (aux,) = model(torch.randn(4, 16, 32)).aux
+    torch.nn.functional.cross_entropy(aux, y).backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == {"frame.weight"}, trained
+
+
+def test_runs_saved_before_the_temporal_bag_rebuild_the_mean_of_both_streams():
+    """Two-stream runs saved before ``model.bag`` / ``model.frame_grad`` existed predicted from the mean of both
+    bags and trained both streams jointly: absent keys read as that, not as today's defaults."""
+    from tgdfer.config import RunConfig, from_dict, to_dict
+
+    saved = to_dict(RunConfig(features="c.h5", out="run"))
+    assert from_dict(RunConfig, saved).model == RunConfig(features="c.h5", out="run").model
+    del saved["model"]["bag"], saved["model"]["frame_grad"]
+    model = from_dict(RunConfig, saved).model
+    assert (model.bag, model.frame_grad) == ("mean", "shared")

@@ -156,7 +156,7 @@ class ModelConfig:
     # Settings that runs saved before they existed must read as the behaviour those runs trained with (a default
     # that later changed would otherwise rebuild another network for an old checkpoint): ``from_dict`` uses these
     # for keys a saved config lacks. Before issue 11 every run scored instances on X^I alone.
-    WHEN_ABSENT: ClassVar[dict[str, Any]] = {"instances": "temporal"}
+    WHEN_ABSENT: ClassVar[dict[str, Any]] = {"instances": "temporal", "bag": "mean", "frame_grad": "shared"}
     center: bool = True  # subtract the train split's mean frame feature first: CLIP face embeddings share most
     #                      of their direction (clips' mean pairwise cosine 0.93 in the demo cache), which drowned
     #                      the class differences and left training at chance; the paper is silent on it
@@ -211,6 +211,15 @@ class ModelConfig:
     frame_labels: Literal["plain", "enhanced"] = (
         "plain"  # what the frame stream scores against: plain MLP(X^FP) + X^CP | enhanced X~^P (Eq. 10); V^P
         #          carries the clip's class from X^I into the labels (enhanced: highest-1 WAR 50.9 vs 67.7)
+    )
+    bag: Literal["mean", "temporal", "ensemble"] = (
+        "mean"  # with two streams, the clip's prediction: mean of the streams' bags, trained as one | temporal:
+        #         the temporal stream's bag alone | ensemble: the mean of both bags, the clip loss training the
+        #         temporal stream only. With temporal or ensemble the frame stream trains by its own bag's loss
+    )
+    frame_grad: Literal["shared", "own"] = (
+        "shared"  # what the frame stream's loss trains: shared (also the prompts and the Eq. 10 MLP that the
+        #        temporal stream scores against) | own (its frame map only: localising costs no accuracy)
     )
     aux_loss: bool = True  # with two streams, the frame stream's bag is also trained on the label by itself,
     #                        so it keeps learning once the mean bag is right (without: hit 0.84 +- 0.09)

@@ -5,7 +5,7 @@
     VisualPrompt (Eq. 7-10) --> X^P~ (B, C, D), A_I (B, T, C)
     temporal stream: cos(X^I, X^P~)/tau (B, T, C) --MIL (Eq. 11)--> bag (B, C)
     frame stream:    cos(W X^v, MLP(X^FP) + X^CP)/tau (B, T, C) --MIL--> bag (B, C)   [the frame influence]
-    bag logits = mean of the streams' bags (B, C)
+    bag logits (B, C), ``ModelConfig.bag``: mean of the streams' bags | the temporal stream's | "ensemble"
 
 Where influence is read (``ModelConfig.instances``, issue 11): on X^I the coarse transformer spreads a clip's
 class over every frame, so the top-scoring frame missed the expression burst for more than half the clips of
@@ -125,9 +125,18 @@ class TGDFER(nn.Module):
             scores, weight_logits = self._frame_stream(x, labels, xfp, xcp, attn_tau, frame_mask)
             bags.append(aggregate(scores, weight_logits, self.cfg.frame_mil, self.cfg.topk, frame_mask))
             streams.append(scores)
-        logits = torch.stack(bags).mean(0)  # (streams, B, C) -> (B, C)
-        aux = (bags[-1],) if self.cfg.aux_loss and len(bags) > 1 else ()  # the frame stream's own bag
+        two = len(bags) > 1
+        logits = self._clip_logits(bags)
+        aux = (bags[-1],) if two and (self.cfg.aux_loss or self.cfg.bag != "mean") else ()  # the frame bag
         return Output(logits=logits, scores=streams[-1], align=align, aux=aux)
+
+    def _clip_logits(self, bags: list[torch.Tensor]) -> torch.Tensor:
+        """The streams' (B, C) bags -> the clip's (B, C) logits (``ModelConfig.bag``)."""
+        if len(bags) == 1 or self.cfg.bag == "mean":
+            return torch.stack(bags).mean(0)  # (streams, B, C) -> (B, C)
+        if self.cfg.bag == "temporal":
+            return bags[0]
+        return 0.5 * (bags[0] + bags[1].detach())  # "ensemble": the clip loss trains the temporal stream only
 
     def _frame_stream(
         self,
@@ -146,6 +155,8 @@ class TGDFER(nn.Module):
         xf = self.frame(x)  # (B, T, D)
         if self.cfg.frame_labels == "plain":  # Eq. 10 without V^P: no video's context reaches these labels
             labels = self.visual_prompt.plain(xfp, xcp).expand(x.shape[0], -1, -1)  # (C, D) -> (B, C, D)
+        if self.cfg.frame_grad == "own":  # this stream's loss trains its frame map only, never the shared labels
+            labels, xfp, attn_tau = labels.detach(), xfp.detach(), attn_tau.detach()
         return instance_scores(xf, labels, self.cfg.tau), alignment(xf, xfp, 1.0) / attn_tau
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
