@@ -153,20 +153,27 @@ def test_a_run_saved_before_the_frame_stream_rebuilds_the_network_it_trained():
     assert from_dict(RunConfig, saved).model.instances == "temporal"
 
 
-def test_the_frame_stream_trains_by_its_own_loss_and_the_prediction_is_the_temporal_streams(clip_model):
-    """bag="temporal", frame_grad="own": the clip's logits come from the temporal stream alone (the frame map gets
-    no gradient from them) and the frame stream's bag (aux) trains its frame map only, never the prompts or the
-    Eq. 10 MLP the temporal stream scores against."""
-    model = _model(clip_model, dropout=0.0, instances="both", bag="temporal", frame_grad="own")
-    out = model(torch.randn(4, 16, 32))
-    y = torch.tensor([0, 1, 2, 3])
-    torch.nn.functional.cross_entropy(out.logits, y).backward()
-    assert model.frame.weight.grad is None
+@pytest.mark.parametrize("bag", ["temporal", "ensemble"])
+def test_each_stream_trains_by_its_own_loss(clip_model, bag):
+    """frame_grad="own": the frame stream's bag (the last aux) trains its frame map and label offset only, never
+    the prompts or the Eq. 10 MLP the temporal stream scores against. bag="temporal": the logits are the temporal
+    bag; bag="ensemble": (temporal + w frame) / (1 + w), detached, each stream's bag in aux."""
+    model = _model(clip_model, dropout=0.0, instances="both", bag=bag, frame_grad="own", frame_weight=0.25)
+    x, y = torch.randn(4, 16, 32), torch.tensor([0, 1, 2, 3])
+    out = model(x)
+    if bag == "temporal":
+        assert len(out.aux) == 1
+        torch.nn.functional.cross_entropy(out.logits, y).backward()
+    else:
+        temporal, frame = out.aux
+        assert not out.logits.requires_grad
+        assert torch.allclose(out.logits, (temporal + 0.25 * frame) / 1.25, atol=1e-5)
+        torch.nn.functional.cross_entropy(temporal, y).backward()
+    assert model.frame.weight.grad is None and model.frame_offset.grad is None
     model.zero_grad(set_to_none=True)
-    (aux,) = model(torch.randn(4, 16, 32)).aux
-    torch.nn.functional.cross_entropy(aux, y).backward()
+    torch.nn.functional.cross_entropy(model(x).aux[-1], y).backward()
     trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert trained == {"frame.weight"}, trained
+    assert trained == {"frame.weight", "frame_offset"}, trained
 
 
 def test_runs_saved_before_the_temporal_bag_rebuild_the_mean_of_both_streams():
