@@ -71,13 +71,14 @@ READINGS: dict[str, tuple[str, ...]] = {
     "two-stream-mean-shared": _two("mean", "mean", "shared", False),
     "two-stream-attn-shared": _two("attention", "mean", "shared", False),
     "temporal-bag": _two("attention", "temporal", "own", False),
-    "ensemble-bag": _two("attention", "ensemble", "own", False),
-    "ensemble-bag-class-ctx": _two("attention", "ensemble", "own", True),
+    "ensemble-topk": _two("attention", "ensemble", "own", False, "model.frame_mil=topk"),
+    "ensemble-mixed": _two("attention", "ensemble", "own", False, "model.frame_mil=mixed"),
     "frame-mixed": ("model.instances=frame", "model.frame_labels=enhanced"),
+    "class-ctx": ("model.class_specific_ctx=true",),  # the default with one prompt context per class
     "n_ctx=4": ("model.n_ctx=4",),
     "n_ctx=16": ("model.n_ctx=16",),
 }
-MAIN = ("default", "temporal-attn-shared", "two-stream-mean", "two-stream-mean-shared")
+MAIN = ("default", "temporal-attn-shared", "paper-temporal", "two-stream-mean", "two-stream-mean-shared")
 REGIMES: dict[str, dict] = {"sparse": {"burst": (2, 5)}, "dense": {"burst": (8, 16)}}
 BASELINES = ("probe-mean", "probe-max", "probe-centred-max", "gated-mil")
 PROBES = ("probe-mean", "probe-max", "probe-centred-max")  # the trivial baselines the targets name
@@ -200,7 +201,15 @@ def run_reading(cache: str, truth: np.ndarray, overrides: tuple[str, ...], seed:
     hit = float(truth[data.test_views.numpy(), top].mean())
     hi = evaluate(run.model, data, amp=False, select=("highest", 1)).war
     lo = evaluate(run.model, data, amp=False, select=("lowest", 1)).war
-    return {"war": metrics["war"], "uar": metrics["uar"], "hit": hit, "hi1": hi, "lo1": lo, "seconds": seconds}
+    return {
+        "war": metrics["war"],
+        "uar": metrics["uar"],
+        "hit": hit,
+        "hi1": hi,
+        "lo1": lo,
+        "seconds": seconds,
+        "run": str(out),
+    }
 
 
 def _arguments() -> argparse.Namespace:
@@ -220,6 +229,7 @@ def _arguments() -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every reading")
     p.add_argument("--work", default=None, help="folder for caches and runs (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write every seed's figures here")
+    p.add_argument("--merge", nargs="+", default=None, help="run nothing: print the table of these --json files")
     args = p.parse_args()
     args.readings = _choose(p, "--readings", args.readings, READINGS, {"main": MAIN})
     args.regimes = _choose(p, "--regimes", args.regimes, REGIMES, {})
@@ -229,7 +239,8 @@ def _arguments() -> argparse.Namespace:
 
 
 def _choose(p: argparse.ArgumentParser, flag: str, text: str, known, groups: dict) -> list[str]:
-    names = {"all": list(known), "none": [], **{k: list(v) for k, v in groups.items()}}.get(text) or text.split(",")
+    named = {"all": list(known), "none": [], **{k: list(v) for k, v in groups.items()}}
+    names = named[text] if text in named else text.split(",")
     unknown = [n for n in names if n not in known]
     if unknown:
         p.error(f"{flag}: expected some of {list(known)}, found {unknown}")
@@ -237,14 +248,26 @@ def _choose(p: argparse.ArgumentParser, flag: str, text: str, known, groups: dic
 
 
 def main() -> None:
+    args = _arguments()
+    if args.merge:
+        rows, args = merged(args.merge)
+    else:
+        rows = run_all(args)
+        if args.json:
+            flat = [{"regime": g, "reading": n, "seed": s, **r} for (g, n), by in rows.items() for s, r in by.items()]
+            Path(args.json).write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
+    print(table(rows, args))
+
+
+def run_all(args: argparse.Namespace) -> dict[tuple[str, str], dict[int, dict]]:
+    """Every regime x seed: one cache, the baselines, each reading -> (regime, name) -> seed -> figures."""
     from tgdfer.apps.synthetic import write_burst_cache
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.features.cache import load_cache
     from tgdfer.train.splits import fold_data
 
-    args = _arguments()
     torch.set_num_threads(args.threads)
-    rows: dict[tuple[str, str], dict[int, dict]] = {}  # (regime, reading or baseline) -> seed -> figures
+    rows: dict[tuple[str, str], dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         clip_path = save_random_clip(work / "tiny-clip.pt", "tiny", seed=0)
@@ -268,10 +291,26 @@ def main() -> None:
                         f"hi1 {r['hi1']:5.1f} lo1 {r['lo1']:5.1f} ({r['seconds']:.0f} s)",
                         flush=True,
                     )
-    if args.json:
-        flat = [{"regime": g, "reading": n, "seed": s, **r} for (g, n), by in rows.items() for s, r in by.items()]
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
-    print(table(rows, args))
+    return rows
+
+
+def merged(paths: list[str]) -> tuple[dict[tuple[str, str], dict[int, dict]], argparse.Namespace]:
+    """Rows of earlier ``--json`` files (a later file wins for the same regime, name and seed), and the settings
+    for the table's header. Runs made with other clips, views or epochs are refused."""
+    rows: dict[tuple[str, str], dict[int, dict]] = {}
+    first = None
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        setting = {k: saved["args"][k] for k in ("clips", "views", "epochs")}
+        first = first or setting
+        if setting != first:
+            raise SystemExit(f"--merge: {path} was run with {setting}, {paths[0]} with {first}; merge like runs only")
+        for r in saved["rows"]:
+            rows.setdefault((r["regime"], r["reading"]), {})[r["seed"]] = r
+    rows = dict(sorted(rows.items(), key=lambda kv: list(REGIMES).index(kv[0][0])))
+    seeds = sorted({s for by in rows.values() for s in by})
+    regimes = [g for g in REGIMES if any(k[0] == g for k in rows)]
+    return rows, argparse.Namespace(**first, seeds=seeds, regimes=regimes)
 
 
 def _ms(values: list[float], fmt: str) -> str:
