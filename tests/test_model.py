@@ -1,5 +1,6 @@
 """TG-DFER assembled: shapes, gradient flow (trainable parts get gradients, frozen CLIP none), variants."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -186,3 +187,26 @@ def test_runs_saved_before_the_temporal_bag_rebuild_the_mean_of_both_streams():
     del saved["model"]["bag"], saved["model"]["frame_grad"]
     model = from_dict(RunConfig, saved).model
     assert (model.bag, model.frame_grad) == ("mean", "shared")
+
+
+def test_the_forward_runs_under_vmap_over_stacked_models(clip_model):
+    """The batched trainer calls TGDFER under torch.func.vmap (stack_module_state + functional_call): the forward
+    has no tensor-valued Python control flow (the text tower's length is a Python int), and each run's logits and
+    bags equal its own model's."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [_model(clip_model, dropout=0.0) for _ in range(2)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")  # a copy: the models share the fixture's CLIP text modules
+    x = torch.randn(2, 3, 16, 32)  # (R, B, T, D)
+
+    def run(p, b, xr):
+        out = functional_call(base, (p, b), (xr,))
+        return out.logits, *out.aux
+
+    batched = vmap(run, randomness="different")(params, buffers, x)
+    for r, model in enumerate(models):
+        out = model(x[r])
+        for got, want in zip(batched, (out.logits, *out.aux), strict=True):
+            assert torch.allclose(got[r], want, atol=1e-4)
