@@ -1,5 +1,6 @@
 """TG-DFER assembled: shapes, gradient flow (trainable parts get gradients, frozen CLIP none), variants."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -26,7 +27,8 @@ def test_every_trainable_parameter_gets_a_gradient_and_clip_none(clip_model):
     model = _model(clip_model, dropout=0.0)
     out = model(torch.randn(4, 16, 32))
     assert out.logits.shape == (4, 7) and out.scores.shape == (4, 16, 7) and out.align.shape == (4, 16, 7)
-    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3])).backward()
+    y = torch.tensor([0, 1, 2, 3])
+    sum(torch.nn.functional.cross_entropy(bag, y) for bag in (out.logits, *out.aux)).backward()  # the engine's loss
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -97,7 +99,8 @@ def test_bf16_autocast_trains_and_keeps_scores_fp32(clip_model, placement):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(3, 16, 32))
     assert out.scores.dtype == torch.float32 and out.align.dtype == torch.float32
-    torch.nn.functional.cross_entropy(out.logits.float(), torch.tensor([0, 1, 2])).backward()
+    y = torch.tensor([0, 1, 2])
+    sum(torch.nn.functional.cross_entropy(bag.float(), y) for bag in (out.logits, *out.aux)).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
@@ -149,3 +152,61 @@ def test_a_run_saved_before_the_frame_stream_rebuilds_the_network_it_trained():
     assert from_dict(RunConfig, saved).model.instances == "both"
     del saved["model"]["instances"]
     assert from_dict(RunConfig, saved).model.instances == "temporal"
+
+
+@pytest.mark.parametrize("bag", ["temporal", "ensemble"])
+def test_each_stream_trains_by_its_own_loss(clip_model, bag):
+    """frame_grad="own": the frame stream's bag (the last aux) trains its frame map and label offset only, never
+    the prompts or the Eq. 10 MLP the temporal stream scores against. bag="temporal": the logits are the temporal
+    bag; bag="ensemble": (temporal + w frame) / (1 + w), detached, each stream's bag in aux."""
+    model = _model(clip_model, dropout=0.0, instances="both", bag=bag, frame_grad="own", frame_weight=0.25)
+    x, y = torch.randn(4, 16, 32), torch.tensor([0, 1, 2, 3])
+    out = model(x)
+    if bag == "temporal":
+        assert len(out.aux) == 1
+        torch.nn.functional.cross_entropy(out.logits, y).backward()
+    else:
+        temporal, frame = out.aux
+        assert not out.logits.requires_grad
+        assert torch.allclose(out.logits, (temporal + 0.25 * frame) / 1.25, atol=1e-5)
+        torch.nn.functional.cross_entropy(temporal, y).backward()
+    assert model.frame.weight.grad is None and model.frame_offset.grad is None
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x).aux[-1], y).backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained == {"frame.weight", "frame_offset"}, trained
+
+
+def test_runs_saved_before_the_temporal_bag_rebuild_the_mean_of_both_streams():
+    """Two-stream runs saved before ``model.bag`` / ``model.frame_grad`` existed predicted from the mean of both
+    bags and trained both streams jointly: absent keys read as that, not as today's defaults."""
+    from tgdfer.config import RunConfig, from_dict, to_dict
+
+    saved = to_dict(RunConfig(features="c.h5", out="run"))
+    assert from_dict(RunConfig, saved).model == RunConfig(features="c.h5", out="run").model
+    del saved["model"]["bag"], saved["model"]["frame_grad"]
+    model = from_dict(RunConfig, saved).model
+    assert (model.bag, model.frame_grad) == ("mean", "shared")
+
+
+def test_the_forward_runs_under_vmap_over_stacked_models(clip_model):
+    """The batched trainer calls TGDFER under torch.func.vmap (stack_module_state + functional_call): the forward
+    has no tensor-valued Python control flow (the text tower's length is a Python int), and each run's logits and
+    bags equal its own model's."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    models = [_model(clip_model, dropout=0.0) for _ in range(2)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")  # a copy: the models share the fixture's CLIP text modules
+    x = torch.randn(2, 3, 16, 32)  # (R, B, T, D)
+
+    def run(p, b, xr):
+        out = functional_call(base, (p, b), (xr,))
+        return out.logits, *out.aux
+
+    batched = vmap(run, randomness="different")(params, buffers, x)
+    for r, model in enumerate(models):
+        out = model(x[r])
+        for got, want in zip(batched, (out.logits, *out.aux), strict=True):
+            assert torch.allclose(got[r], want, atol=1e-4)

@@ -4,8 +4,8 @@
     TextPrompts (Eq. 6) --> X^FP (C, D), X^CP (C, D)
     VisualPrompt (Eq. 7-10) --> X^P~ (B, C, D), A_I (B, T, C)
     temporal stream: cos(X^I, X^P~)/tau (B, T, C) --MIL (Eq. 11)--> bag (B, C)
-    frame stream:    cos(W X^v, MLP(X^FP) + X^CP)/tau (B, T, C) --MIL--> bag (B, C)   [the frame influence]
-    bag logits = mean of the streams' bags (B, C)
+    frame stream:    cos(W X^v, MLP(X^FP) + X^CP [+ offset])/tau (B, T, C) --MIL--> bag (B, C)   [the influence]
+    bag logits (B, C), ``ModelConfig.bag``: (temporal + w * frame) / (1 + w) | the streams' mean | temporal's
 
 Where influence is read (``ModelConfig.instances``, issue 11): on X^I the coarse transformer spreads a clip's
 class over every frame, so the top-scoring frame missed the expression burst for more than half the clips of
@@ -13,8 +13,16 @@ bench/learning.py. The default reads it from a frame stream no temporal layer mi
 video's context reaches (V^P carries the clip's class, and with it whole classes learnt to rank off-burst frames
 highest), and keeps the temporal stream, as the paper writes it, for the clip's prediction.
 
-Only the temporal network, the prompt contexts, the visual prompt's MLP and the fusion FC train; the CLIP text
-tower is frozen and never saved in checkpoints (``trainable_state``).
+How the streams make the prediction (``ModelConfig.bag``, issue 23): trained as one (the mean of the bags), the
+frame stream's loss dragged the labels both streams share and cost the prediction accuracy and stability. By
+default each stream trains by its own bag's loss alone (``Output.aux``), the frame stream's reaching only its
+frame map and its own offset to the detached labels (``frame_grad="own"``), and the clip's logits are a fixed
+mix in which the temporal stream, the better classifier of full clips, weighs 4:1. The frame stream's share is
+what lets Table 6 re-predict from single frames: the temporal stream learns to contrast a clip's frames and has
+nothing to contrast in one frame. docs/learning.md has the figures.
+
+Only the temporal network, the prompt contexts, the visual prompt's MLP, the fusion FC and the frame stream's map
+and label offset train; the CLIP text tower is frozen and never saved in checkpoints (``trainable_state``).
 """
 
 from __future__ import annotations
@@ -38,10 +46,10 @@ FROZEN_PREFIX = "prompts.tower."  # the CLIP text tower: loaded from CLIP's weig
 
 @dataclass(frozen=True)
 class Output:
-    logits: torch.Tensor  # (B, C) bag logits, Eq. 11 before the softmax
+    logits: torch.Tensor  # (B, C) bag logits, Eq. 11 before the softmax (bag="ensemble": detached, trains nothing)
     scores: torch.Tensor  # (B, T, C) instance scores: each frame's influence per class
     align: torch.Tensor  # (B, T, C) A_I, Eq. 8
-    aux: tuple[torch.Tensor, ...] = ()  # (B, C) bag logits the loss also supervises
+    aux: tuple[torch.Tensor, ...] = ()  # (B, C) bag logits the loss also supervises (bag="ensemble": each stream's)
 
 
 class TGDFER(nn.Module):
@@ -90,6 +98,9 @@ class TGDFER(nn.Module):
             self.frame = nn.Linear(dim, dim, bias=False)
             with torch.no_grad():
                 self.frame.weight.copy_(torch.eye(dim))
+        self.frame_offset = None
+        if self.frame is not None and cfg.frame_grad == "own":  # (C, D) the frame stream's own move of its labels
+            self.frame_offset = nn.Parameter(torch.zeros(len(class_names), dim))
         log_tau = torch.tensor(math.log(cfg.attn_tau))
         if cfg.learn_attn_tau:
             self.log_attn_tau = nn.Parameter(log_tau)
@@ -125,9 +136,22 @@ class TGDFER(nn.Module):
             scores, weight_logits = self._frame_stream(x, labels, xfp, xcp, attn_tau, frame_mask)
             bags.append(aggregate(scores, weight_logits, self.cfg.frame_mil, self.cfg.topk, frame_mask))
             streams.append(scores)
-        logits = torch.stack(bags).mean(0)  # (streams, B, C) -> (B, C)
-        aux = (bags[-1],) if self.cfg.aux_loss and len(bags) > 1 else ()  # the frame stream's own bag
+        two = len(bags) > 1
+        logits = self._clip_logits(bags)
+        if two and self.cfg.bag == "ensemble":  # each stream trains by its own bag's loss alone
+            aux = tuple(bags)
+        else:
+            aux = (bags[-1],) if two and (self.cfg.aux_loss or self.cfg.bag != "mean") else ()  # the frame bag
         return Output(logits=logits, scores=streams[-1], align=align, aux=aux)
+
+    def _clip_logits(self, bags: list[torch.Tensor]) -> torch.Tensor:
+        """The streams' (B, C) bags -> the clip's (B, C) logits (``ModelConfig.bag``)."""
+        if len(bags) == 1 or self.cfg.bag == "mean":
+            return torch.stack(bags).mean(0)  # (streams, B, C) -> (B, C)
+        if self.cfg.bag == "temporal":
+            return bags[0]
+        w = self.cfg.frame_weight  # "ensemble": trains nothing itself; each bag trains by its own loss (aux)
+        return ((bags[0] + w * bags[1]) / (1 + w)).detach()
 
     def _frame_stream(
         self,
@@ -146,6 +170,8 @@ class TGDFER(nn.Module):
         xf = self.frame(x)  # (B, T, D)
         if self.cfg.frame_labels == "plain":  # Eq. 10 without V^P: no video's context reaches these labels
             labels = self.visual_prompt.plain(xfp, xcp).expand(x.shape[0], -1, -1)  # (C, D) -> (B, C, D)
+        if self.cfg.frame_grad == "own":  # this stream's loss trains its frame map only, never the shared labels
+            labels, xfp, attn_tau = labels.detach() + self.frame_offset, xfp.detach(), attn_tau.detach()
         return instance_scores(xf, labels, self.cfg.tau), alignment(xf, xfp, 1.0) / attn_tau
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

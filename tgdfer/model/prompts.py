@@ -44,9 +44,12 @@ class TextTower(nn.Module):
     def context_length(self) -> int:
         return int(self.positional_embedding.shape[0])
 
-    def forward(self, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-        """(P, L, W) token embeddings, (P,) EOT positions -> (P, D) text features (not normalised)."""
-        length = int(eot.max()) + 1  # tokens after the last EOT cannot influence any EOT output (causal mask)
+    def forward(self, embeds: torch.Tensor, eot: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """(P, L, W) token embeddings, (P,) EOT positions [, tokens to run: > the last EOT] -> (P, D) text
+        features (not normalised). Pass ``length`` from Python ints (``PromptSet.length``) to keep the forward free
+        of tensor-valued control flow, as ``torch.func.vmap`` over stacked models needs."""
+        if length is None:
+            length = int(eot.max()) + 1  # tokens after the last EOT cannot influence any EOT output (causal mask)
         x = embeds[:, :length] + self.positional_embedding[:length].to(embeds.dtype)
         x = x.permute(1, 0, 2)  # NLD -> LND, as CLIP's blocks expect
         mask = self.causal_mask[:length, :length].to(x.dtype)
@@ -79,6 +82,7 @@ class PromptSet(nn.Module):
         # (C, 77); each "X" is one token and marks where a context vector goes
         tokens = tokenize(texts, tower.context_length)
         self.register_buffer("eot", tokens.argmax(dim=-1), persistent=False)  # EOT has the largest token id
+        self.length = int(self.eot.max()) + 1  # tokens the tower must run, fixed here as a Python int
         with torch.no_grad():
             embeds = tower.token_embedding(tokens)  # (C, 77, W)
         if learnable:
@@ -116,7 +120,8 @@ class TextPrompts(nn.Module):
     def _encode(self, sets: list[PromptSet]) -> list[torch.Tensor]:
         embeds = torch.cat([s.embeddings() for s in sets])  # (sum C, 77, W)
         eot = torch.cat([s.eot for s in sets])
-        feats = F.normalize(self.tower(embeds, eot).float(), dim=-1)  # (sum C, D)
+        length = max(s.length for s in sets)
+        feats = F.normalize(self.tower(embeds, eot, length).float(), dim=-1)  # (sum C, D)
         return list(feats.split([len(s.eot) for s in sets]))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
