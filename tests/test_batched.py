@@ -118,7 +118,9 @@ def test_batched_runs_match_runs_alone_and_write_the_same_run_directories(featur
         assert {p.name for p in ra.iterdir()} == {p.name for p in rb.iterdir()}
         la, lb = _log(ra), _log(rb)
         assert list(la[0]) == list(lb[0]) and len(la) == len(lb) == 1
-        assert abs(float(la[0]["loss"]) - float(lb[0]["loss"])) < 2e-5  # measured <= 4.8e-7
+        # the default model's loss sums three bags' losses (about 6): float32 sums in another order, relative
+        # difference measured <= 1.1e-5
+        assert abs(float(la[0]["loss"]) - float(lb[0]["loss"])) < 1e-4 * abs(float(lb[0]["loss"]))
         assert la[0]["train_acc"] == lb[0]["train_acc"]
         ca, cb = load_checkpoint(ra / "checkpoint.pt"), load_checkpoint(rb / "checkpoint.pt")
         assert (
@@ -148,7 +150,7 @@ def test_a_batched_run_killed_after_an_epoch_resumes_alone(feature_cache, tmp_pa
     assert resumed["epoch"] == 2
     (k1, k2), (u1, u2) = _log(tmp_path / "k2"), _log(tmp_path / "u2")
     assert (k1["loss"], k1["train_acc"], k1["test_war"]) == (u1["loss"], u1["train_acc"], u1["test_war"])
-    assert abs(float(k2["loss"]) - float(u2["loss"])) < 2e-5
+    assert abs(float(k2["loss"]) - float(u2["loss"])) < 1e-4 * abs(float(u2["loss"]))
     ck, cu = load_checkpoint(tmp_path / "k2" / "checkpoint.pt"), load_checkpoint(tmp_path / "u2" / "checkpoint.pt")
     assert max((ck["model"][k] - cu["model"][k]).abs().max().item() for k in ck["model"]) < 5e-5
 

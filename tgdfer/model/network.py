@@ -99,7 +99,8 @@ class TGDFER(nn.Module):
             with torch.no_grad():
                 self.frame.weight.copy_(torch.eye(dim))
         self.frame_offset = None
-        if self.frame is not None and cfg.frame_grad == "own":  # (C, D) the frame stream's own move of its labels
+        self.own_frame_grad = cfg.frame_grad == "own" and cfg.instances == "both"  # alone, the frame stream trains all
+        if self.own_frame_grad:  # (C, D) the frame stream's own move of its labels
             self.frame_offset = nn.Parameter(torch.zeros(len(class_names), dim))
         log_tau = torch.tensor(math.log(cfg.attn_tau))
         if cfg.learn_attn_tau:
@@ -170,7 +171,7 @@ class TGDFER(nn.Module):
         xf = self.frame(x)  # (B, T, D)
         if self.cfg.frame_labels == "plain":  # Eq. 10 without V^P: no video's context reaches these labels
             labels = self.visual_prompt.plain(xfp, xcp).expand(x.shape[0], -1, -1)  # (C, D) -> (B, C, D)
-        if self.cfg.frame_grad == "own":  # this stream's loss trains its frame map only, never the shared labels
+        if self.own_frame_grad:  # this stream's loss trains its frame map only, never the shared labels
             labels, xfp, attn_tau = labels.detach() + self.frame_offset, xfp.detach(), attn_tau.detach()
         return instance_scores(xf, labels, self.cfg.tau), alignment(xf, xfp, 1.0) / attn_tau
 
