@@ -7,8 +7,11 @@ sockets under one folder, and stopped by pid. One node with this machine's CPUs 
 ``debug``: ``proctrack/linuxproc``, ``task/none``, ``select/cons_tres``, no cgroups, no accounting (so ``sacct``
 fails, as on many small clusters). Clients find the cluster through ``SLURM_CONF`` (``SlurmCluster.env``).
 
-Two settings make a requeued job restart in about 34 s instead of 2.5 minutes: ``AuthInfo=cred_expire=30`` (a
-requeued job waits for its old credential to expire) and ``SchedulerParameters=bf_interval=5,sched_interval=10``.
+Two settings make a requeued job restart in about 12 s instead of 2.5 minutes: ``AuthInfo=cred_expire=10`` (a
+requeued job waits for its old credential to expire; SLURM's default is 120 s) and
+``SchedulerParameters=bf_interval=1,sched_interval=2`` (the scheduler looks at the queue every second or two).
+Measured here: 12.3 s from ``scontrol requeue`` to running again; 36.4 s with cred_expire=30, bf_interval=5,
+sched_interval=10.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge.socket,cred_expire=30
+AuthInfo=socket={root}/munge.socket,cred_expire=10
 StateSaveLocation={root}/ctld
 SlurmdSpoolDir={root}/d
 SlurmctldPidFile={root}/slurmctld.pid
@@ -53,7 +56,7 @@ MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
 KillWait=5
-SchedulerParameters=bf_interval=5,sched_interval=10
+SchedulerParameters=bf_interval=1,sched_interval=2
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
