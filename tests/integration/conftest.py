@@ -14,10 +14,10 @@ def slurm(tmp_path_factory) -> SlurmCluster:
     its daemons stopped by pid at the end. SLURM_CONF points every client here, tgdfer and its tasks included."""
     try:
         installed = ensure_installed()
-        started = time.perf_counter()
-        cluster = start(tmp_path_factory.mktemp("slurm"))
     except Unavailable as exc:
         pytest.skip(f"no SLURM cluster: {exc}")
+    started = time.perf_counter()
+    cluster = start(tmp_path_factory.mktemp("slurm"))  # installed but not starting: an error, not a skip
     print(f"\nSLURM cluster: installed in {installed:.1f} s, started in {time.perf_counter() - started:.1f} s")
     with pytest.MonkeyPatch.context() as patch:
         for name, value in cluster.env.items():

@@ -63,7 +63,11 @@ PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 
 
 class Unavailable(Exception):
-    """No cluster can be had here; the message is the one-line reason a test is skipped with."""
+    """SLURM cannot be installed here (not root, no apt-get, no network); the one-line reason to skip with."""
+
+
+class StartError(RuntimeError):
+    """SLURM is installed but the cluster did not come up: a failure of the tests, not a reason to skip them."""
 
 
 def _missing() -> list[str]:
@@ -176,13 +180,13 @@ def _wait_idle(cluster: SlurmCluster, timeout: float) -> None:
         for proc in cluster.processes:
             if proc.poll() is not None:
                 out = (cluster.root / f"{proc.args[0]}.out").read_text(errors="replace")
-                raise Unavailable(f"{proc.args[0]} exited ({proc.returncode}): {out.strip()[-300:]}")
+                raise StartError(f"{proc.args[0]} exited ({proc.returncode}): {out.strip()[-300:]}")
         run = cluster.command("sinfo", "-h", "-N", "-o", "%T", timeout=10)
         state = run.stdout.strip() or run.stderr.strip()
         if state == "idle":
             return
         time.sleep(0.2)
-    raise Unavailable(f"the node was not idle {timeout:.0f} s after start (sinfo: {state!r}); see {cluster.root}")
+    raise StartError(f"the node was not idle {timeout:.0f} s after start (sinfo: {state!r}); see {cluster.root}")
 
 
 def start(root: Path, timeout: float = 60) -> SlurmCluster:

@@ -142,7 +142,8 @@ def test_a_preempted_task_requeues_and_resumes_to_identical_metrics(slurm, cache
     assert "Calling checkpoint method" in log and "Requeued job" in log
     assert f"(resuming from its checkpoint) in {run}" in log
     assert (out / "table3.csv").read_bytes() == (local_table / "table3.csv").read_bytes()
-    capfd.readouterr()
+    printed = capfd.readouterr().out  # while requeued, the task waits; the command says why
+    assert re.search(rf"^array job {task}: 1 task pending \(\w+\)$", printed, re.MULTILINE), printed
 
 
 def _extract_args(root: Path, clip: Path) -> list[str]:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from tgdfer.config import LauncherConfig
@@ -194,6 +195,16 @@ def _hopeless(jobs: Sequence, states: dict | None, launcher: LauncherConfig) -> 
     return None
 
 
+def _pending(jobs: Sequence, states: dict | None) -> str:
+    """'2 tasks pending (Resources)' for the tasks squeue holds back with a reason; '' when there are none."""
+    reasons = Counter(
+        found[1]
+        for job in jobs
+        if (found := _state_of(job.job_id, states or {})) and found[0] == "PENDING" and found[1] != "None"
+    )
+    return ", ".join(f"{n} task{'s' * (n > 1)} pending ({reason})" for reason, n in sorted(reasons.items()))
+
+
 def wait(jobs: Sequence, launcher: LauncherConfig, log: Callable[[str], None]) -> Iterator[tuple[object, str | None]]:
     """Yield (job, None) as each task writes its result, (job, why) for a task that ended without one.
 
@@ -202,6 +213,7 @@ def wait(jobs: Sequence, launcher: LauncherConfig, log: Callable[[str], None]) -
     cluster, left, started = launcher.cluster, list(jobs), time.monotonic()
     seen_ended: set[str] = set()  # ended without a result at the previous poll (a result may lag on NFS)
     low = 1.0 if cluster == "slurm" else 0.5
+    pending = ""  # squeue's reasons for the tasks still pending, as last logged
     with _sigterm_interrupts():
         try:
             while left:
@@ -209,6 +221,9 @@ def wait(jobs: Sequence, launcher: LauncherConfig, log: Callable[[str], None]) -
                 error = _hopeless(left, states, launcher)
                 if error is not None:
                     raise error
+                previous, pending = pending, _pending(left, states)
+                if pending and pending != previous:  # why the cluster holds tasks back, once each time it changes
+                    log(f"array job {left[0].job_id.split('_')[0]}: {pending}")
                 for job in list(left):
                     done = job.paths.result_pickle.exists()
                     why = None if done else _ended(job, cluster, states)
