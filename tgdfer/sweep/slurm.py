@@ -17,6 +17,8 @@ folder and the cache must be on a file system the nodes share.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -30,6 +32,7 @@ import torch
 from tgdfer.atomic import write_text
 from tgdfer.config import LauncherConfig, RunConfig
 from tgdfer.errors import TrainingError
+from tgdfer.sweep import slurm_queue
 from tgdfer.sweep.plan import Jobs
 from tgdfer.sweep.pool import Outcome, died, run_all, train_run
 from tgdfer.train.folds import fit_folds
@@ -157,44 +160,54 @@ def launch(jobs: Jobs, launcher: LauncherConfig, folder: Path, device: str, log:
     """Submit ``jobs`` as one array job and wait for it -> yields (key, outcome) as each task ends.
 
     A task that dies (killed, node failure, out of memory) yields a failure for each of its runs not finished;
-    the next submission resumes them. Ctrl-C cancels the array job.
+    the next submission resumes them. Ctrl-C or SIGTERM cancels the array job.
     """
     parts = chunks(list(jobs), launcher.runs_per_task)
     tasks = [Task({k: jobs[k] for k in c}, device, launcher.cpus_per_task, launcher.runs_per_gpu) for c in parts]
     executor = make_executor(launcher, Path(folder) / SUBMITIT, f"tgdfer-{Path(folder).name}", len(tasks))
-    submitted = executor.submit_array(tasks)
+    submitted = _submit(executor, tasks, launcher)
     log(
         f"submitted {len(jobs)} runs as {len(tasks)} array tasks of up to {launcher.runs_per_task} runs "
         f"({launcher.cluster}, job {submitted[0].job_id.split('_')[0]}); task logs in {Path(folder) / SUBMITIT}/"
     )
-    return _collect(submitted, tasks, 0.5 if launcher.cluster == "local" else 30.0)
+    return _collect(submitted, tasks, launcher, log)
 
 
-def _collect(submitted: list, tasks: list[Task], poll: float) -> Iterator[tuple[str, Outcome]]:
-    from submitit.helpers import as_completed
+def _submit(executor, tasks: list[Task], launcher: LauncherConfig) -> list:
+    """``executor.submit_array``; sbatch's refusal becomes one line naming the setting (``slurm_queue.refusal``)."""
+    from submitit.core.utils import FailedJobError
 
-    task_of = {job.job_id: task for job, task in zip(submitted, tasks, strict=True)}
     try:
-        for job in as_completed(submitted, poll_frequency=poll):
-            task = task_of[job.job_id]
-            try:
-                outcomes = job.result()
-            except Exception as exc:  # the task died, or failed outside any run
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                outcomes = {}
-                for key, (cfg, _) in task.jobs.items():
-                    outcomes[key] = _outcome_on_disk(cfg) or (
-                        False,
-                        f"array task {job.job_id} ended before this run finished ({reason[:200]}); its log: "
-                        f"{job.paths.stdout}; a rerun resumes the run from its last checkpoint\n",
-                        0.0,
-                    )
-            yield from ((key, outcomes[key]) for key in task.jobs)
-    except KeyboardInterrupt:  # stop the sweep as the local pool stops: nothing more trains
-        for job in submitted:
-            if not job.done():
-                job.cancel(check=False)
-        raise
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error, which ours carries
+            return executor.submit_array(tasks)
+    except FailedJobError as exc:
+        raise slurm_queue.refusal(str(exc), launcher) from None
+
+
+def _collect(
+    submitted: list, tasks: list[Task], launcher: LauncherConfig, log: Callable[[str], None]
+) -> Iterator[tuple[str, Outcome]]:
+    """Yield (run key, outcome) as each task ends (``slurm_queue.wait``: squeue's states, Ctrl-C and SIGTERM)."""
+    task_of = {job.job_id: task for job, task in zip(submitted, tasks, strict=True)}
+    for job, ended in slurm_queue.wait(submitted, launcher, log):
+        task = task_of[job.job_id]
+        try:
+            outcomes = job.result() if ended is None else {}
+            reason = f"it ended without a result: {ended}"
+        except Exception as exc:  # the task failed outside any run
+            outcomes, reason = {}, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        for key, (cfg, _) in task.jobs.items():
+            outcomes[key] = (
+                outcomes.get(key)
+                or _outcome_on_disk(cfg)
+                or (
+                    False,
+                    f"array task {job.job_id} ended before this run finished ({reason[:200]}); its log: "
+                    f"{job.paths.stdout}; a rerun resumes the run from its last checkpoint\n",
+                    0.0,
+                )
+            )
+        yield from ((key, outcomes[key]) for key in task.jobs)
 
 
 def train_folds(
