@@ -12,8 +12,9 @@ which favours the in-loop side) with the ViT-B/32 image encoder, forward and bac
     python bench/train.py                          # sizes chosen for the device found
     python bench/train.py --clips 11697 --epochs 3 --device cuda
 
-One step in fp32 against bf16 autocast (median of --amp-steps), and whether this CPU has AMX, on which
-train.amp=auto trains in bf16 (issue 25 measured 1.55x on an AMX CPU; without AMX bf16 is slower, so auto keeps fp32).
+One step in fp32 against bf16 autocast (median of --amp-steps, interleaved), and whether this CPU has AMX, on which
+train.amp=auto trains in bf16 (issue 25: 1.55x on an AMX CPU; an AMD EPYC with AVX-512 BF16 but no AMX: 0.97x, so
+auto keeps fp32 there).
 
 Targets (issue 4, one H100): one fold of 50 epochs in 30 s or less; ratio (in-loop / cached epoch) >= 100.
 Issue 14: batched / one-at-a-time runs/min >= 3 for 5 folds on the CPU; peak memory <= 1.5x cache + a constant.
@@ -97,7 +98,7 @@ def _amp_ratio(model, data, cfg, device, steps: int) -> None:
     from tgdfer.devices import amp_enabled, autocast, cpu_has_amx
 
     model.train()
-    x = data.features[data.train_views[: cfg.train.batch_size, 0]].float()  # (B, T, D)
+    x = data.features[data.train_choices[: cfg.train.batch_size, 0]].float()  # (B, T, D)
     y = data.train_labels[: cfg.train.batch_size]
     times: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(steps + 1):  # the first of each is a warm-up

@@ -62,7 +62,7 @@ def _one_epoch(feature_cache, tiny_clip, amp: str):
     model, _ = build_model(cfg, cache_identity(cache), CPU, tiny_clip)
     optimizer, _ = make_optimizer(model, cfg)
     loss = train_one_epoch(model, optimizer, data, cfg.train, 0)["loss"]
-    return loss, model, data.features[data.test_views]  # (m, T, D)
+    return loss, model, data.features[data.test_rows]  # (m, T, D)
 
 
 def test_a_forced_bf16_cpu_epoch_trains_like_fp32(feature_cache, tiny_clip):
