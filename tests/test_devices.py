@@ -72,7 +72,7 @@ def test_a_forced_bf16_cpu_epoch_trains_like_fp32(feature_cache, tiny_clip):
     loss32, _, _ = _one_epoch(feature_cache, tiny_clip, "off")
     loss16, model, x = _one_epoch(feature_cache, tiny_clip, "on")
     assert torch.isfinite(torch.tensor(loss16)) and loss16 != loss32
-    assert loss16 == pytest.approx(loss32, rel=0.02)  # measured: 4.293 vs 4.313
+    assert loss16 == pytest.approx(loss32, rel=0.02)  # measured: 6.340 vs 6.361
     probs16, probs32 = (predict_features(model, x, amp)["probs"] for amp in ("on", "off"))
     assert not torch.equal(probs16, probs32)  # inference ran in bf16
-    torch.testing.assert_close(probs16, probs32, atol=0.06, rtol=0)  # measured: 0.026 at most
+    torch.testing.assert_close(probs16, probs32, atol=0.06, rtol=0)  # measured: 0.022 at most
