@@ -12,6 +12,10 @@ which favours the in-loop side) with the ViT-B/32 image encoder, forward and bac
     python bench/train.py                          # sizes chosen for the device found
     python bench/train.py --clips 11697 --epochs 3 --device cuda
 
+One step in fp32 against bf16 autocast (median of --amp-steps, interleaved), and whether this CPU has AMX, on which
+train.amp=auto trains in bf16 (issue 25: 1.55x on an AMX CPU; an AMD EPYC with AVX-512 BF16 but no AMX: 0.97x, so
+auto keeps fp32 there).
+
 Targets (issue 4, one H100): one fold of 50 epochs in 30 s or less; ratio (in-loop / cached epoch) >= 100.
 Issue 14: batched / one-at-a-time runs/min >= 3 for 5 folds on the CPU; peak memory <= 1.5x cache + a constant.
 
@@ -81,6 +85,40 @@ def _breakdown(model, data, cfg, device, steps: int) -> dict[str, float]:
         out[name] = (time.perf_counter() - t0) / steps
     out["rest"] = out["step"] - out["text tower"] - out["temporal"]
     return out
+
+
+def _amp_ratio(model, data, cfg, device, steps: int) -> None:
+    """Median time of one training step (forward + backward) in fp32 and under bf16 autocast, and their ratio.
+
+    The two alternate step by step, so a load that changes during the measurement weighs on both alike."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from tgdfer.devices import amp_enabled, autocast, cpu_has_amx
+
+    model.train()
+    x = data.features[data.train_choices[: cfg.train.batch_size, 0]].float()  # (B, T, D)
+    y = data.train_labels[: cfg.train.batch_size]
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(steps + 1):  # the first of each is a warm-up
+        for amp in ("off", "on"):
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast(device, amp):
+                out = model(x)
+            F.cross_entropy(out.logits.float(), y).backward()
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            times[amp].append(time.perf_counter() - t0)
+    off, on = (statistics.median(times[amp][1:]) for amp in ("off", "on"))
+    where = "CUDA" if device.type == "cuda" else f"CPU {'with' if cpu_has_amx() else 'without'} AMX"
+    print(
+        f"amp: one step fp32 {off * 1000:.1f} ms, bf16 {on * 1000:.1f} ms (median of {steps}, interleaved); "
+        f"fp32 / bf16 = {off / on:.2f}x on this {where}; train.amp=auto uses "
+        f"{'bf16' if amp_enabled('auto', device) else 'fp32'} here (issue 25, an AMX CPU: 1.55x)",
+        flush=True,
+    )
 
 
 def _batched_vs_alone(cache_path: Path, clip, work: Path, runs: int, epochs: int, device, overrides) -> None:
@@ -159,7 +197,7 @@ def main() -> None:
     from tgdfer.backbone import load_clip, save_random_clip
     from tgdfer.config import RunConfig, apply_overrides
     from tgdfer.data.preprocess import normalize
-    from tgdfer.devices import autocast, resolve_device
+    from tgdfer.devices import amp_enabled, autocast, resolve_device
     from tgdfer.features.cache import load_cache
     from tgdfer.testing.synthetic import write_feature_cache
     from tgdfer.train.engine import make_optimizer, train_one_epoch
@@ -180,9 +218,10 @@ def main() -> None:
     )
     p.add_argument("--arch", default="ViT-B/32", choices=["ViT-B/32", "tiny"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.amp=false")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override, e.g. train.amp=off")
     p.add_argument("--work", default=None, help="folder for the generated cache (kept between runs)")
     p.add_argument("--breakdown-steps", type=int, default=10 if cuda else 2, help="steps timed per part of a step")
+    p.add_argument("--amp-steps", type=int, default=3, help="steps timed in fp32 and in bf16 (0: skip)")
     p.add_argument("--runs", type=int, default=5, help="folds of the batched vs one-at-a-time comparison (0: skip)")
     p.add_argument("--runs-epochs", type=int, default=50 if cuda else 1, help="epochs of each of those runs")
     p.add_argument(
@@ -213,7 +252,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
     print(
         f"device {device} ({name}), text tower {args.arch} random weights, {n_train} train clips, "
-        f"batch {cfg.train.batch_size}, {steps} steps/epoch, amp {cfg.train.amp and cuda}"
+        f"batch {cfg.train.batch_size}, {steps} steps/epoch, train.amp={cfg.train.amp}: "
+        f"{'bf16' if amp_enabled(cfg.train.amp, device) else 'fp32'}"
     )
 
     parts = _breakdown(model, data, cfg, device, args.breakdown_steps)
@@ -224,6 +264,8 @@ def main() -> None:
         f"({parts['rest'] / parts['step']:.0%}) (forward + backward; the optimizer step is not included)",
         flush=True,
     )
+    if args.amp_steps:
+        _amp_ratio(model, data, cfg, device, args.amp_steps)
     optimizer.zero_grad(set_to_none=True)
     train_one_epoch(model, optimizer, data, cfg.train, 0)  # warm-up (allocator, kernels)
     _sync(device)

@@ -17,7 +17,7 @@ from tgdfer.model.network import TGDFER
 def predict_features(
     model: TGDFER,
     features: torch.Tensor,
-    amp: bool = True,
+    amp: str = "auto",
     batch_size: int = 1024,
     select: tuple[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:

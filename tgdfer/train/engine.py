@@ -99,7 +99,7 @@ def train_one_epoch(
     return {"loss": float(losses.mean()), "train_acc": float(correct) / n * 100.0}
 
 
-def evaluate(model: TGDFER, data: FoldData, amp: bool = True, select: tuple[str, int] | None = None) -> Scores:
+def evaluate(model: TGDFER, data: FoldData, amp: str = "auto", select: tuple[str, int] | None = None) -> Scores:
     """WAR/UAR/per-class/confusion on the test view of every test clip."""
     out = predict_features(model, data.features[data.test_rows], amp, select=select)
     pred = out["probs"].argmax(1).cpu().numpy()
