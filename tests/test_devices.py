@@ -76,3 +76,15 @@ def test_a_forced_bf16_cpu_epoch_trains_like_fp32(feature_cache, tiny_clip):
     probs16, probs32 = (predict_features(model, x, amp)["probs"] for amp in ("on", "off"))
     assert not torch.equal(probs16, probs32)  # inference ran in bf16
     torch.testing.assert_close(probs16, probs32, atol=0.06, rtol=0)  # measured: 0.022 at most
+
+
+def test_a_run_saved_with_a_boolean_amp_resumes_under_the_choice_it_means():
+    """Runs saved when train.amp was a bool: True reads as auto (no difference to resume over), False as off."""
+    from tgdfer.config import RunConfig, to_dict
+    from tgdfer.train.runs import differing_settings
+
+    stored = to_dict(RunConfig())
+    stored["train"]["amp"] = True
+    assert differing_settings(RunConfig(), stored) == []
+    stored["train"]["amp"] = False
+    assert differing_settings(RunConfig(), stored) == ["train.amp"]

@@ -31,7 +31,7 @@ import torch
 from tgdfer import __version__
 from tgdfer.atomic import write_bytes, write_text
 from tgdfer.backbone import FrozenClip, load_clip
-from tgdfer.config import RunConfig, from_dict, to_dict
+from tgdfer.config import RunConfig, amp_choice, from_dict, to_dict
 from tgdfer.devices import resolve_device
 from tgdfer.errors import CacheError, ConfigError, RunError
 from tgdfer.features.views import FeatureCache
@@ -218,6 +218,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def differing_settings(ours: RunConfig, theirs: dict) -> list[str]:
     """Dotted names of the model/optim/train settings where ``ours`` differs from a stored config dict."""
     mine = to_dict(ours)
+    stored_amp = theirs.get("train", {}).get("amp")
+    if stored_amp is not None:  # a run saved when train.amp was a bool reads as its choice (True: auto)
+        theirs = {**theirs, "train": {**theirs["train"], "amp": amp_choice(stored_amp)}}
     return sorted(
         f"{s}.{k}"
         for s in ("model", "optim", "train")
