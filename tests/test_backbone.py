@@ -49,6 +49,7 @@ def test_tokenize_puts_eot_last():
     assert tokens[0].argmax() == (tokens[0] != 0).sum() - 1
 
 
+@pytest.mark.integration
 def test_clip_imports_without_leaving_a_fake_pkg_resources():
     """openai-clip 1.0.1 imports pkg_resources, which setuptools >= 82 lacks; the stand-in must not linger."""
     code = (
@@ -64,6 +65,7 @@ def test_clip_imports_without_leaving_a_fake_pkg_resources():
     assert out.stdout.strip() in ("pkg_resources present", "stand-in used")
 
 
+@pytest.mark.integration
 def test_an_installed_pkg_resources_is_used_not_shadowed(tmp_path):
     """With an older setuptools, clip must import the real pkg_resources and tgdfer must leave it in place."""
     (tmp_path / "pkg_resources.py").write_text("import packaging, packaging.version\nREAL = True\n")

@@ -99,6 +99,7 @@ def _log(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.integration
 def test_batched_runs_match_runs_alone_and_write_the_same_run_directories(feature_cache, tmp_path, tiny_clip):
     path, _ = feature_cache
     folds = ["1", "2", "3"]
@@ -133,6 +134,7 @@ def test_batched_runs_match_runs_alone_and_write_the_same_run_directories(featur
         assert json.loads((rb / "metrics.json").read_text())["war"] == b["war"]
 
 
+@pytest.mark.integration
 def test_a_batched_run_killed_after_an_epoch_resumes_alone(feature_cache, tmp_path, tiny_clip):
     """Fold 2 is killed after epoch 1 of a batched pair and resumed alone; a batched pair that was not killed is
     the reference: epoch 1 is the same computation (equal), epoch 2 differs by one epoch of rounding only."""
@@ -171,6 +173,7 @@ def test_shape_key_groups_folds_seeds_and_optimiser_settings_only(feature_cache)
         fit_batched([base, other[0]])
 
 
+@pytest.mark.integration
 def test_ablate_batches_runs_of_one_shape_and_no_batch_keeps_the_old_path(feature_cache, tmp_path, monkeypatch):
     from tgdfer.config import SweepConfig
     from tgdfer.sweep import pool
@@ -196,6 +199,7 @@ def test_ablate_batches_runs_of_one_shape_and_no_batch_keeps_the_old_path(featur
         assert new_row["war"] == old_row["war"] and new_row["uar"] == old_row["uar"]
 
 
+@pytest.mark.integration
 def test_cli_batch_flag_batches_and_the_default_trains_one_by_one(tmp_path, tiny_clip_path, tiny_clip, monkeypatch):
     from tgdfer.cli import main
     from tgdfer.testing.synthetic import write_feature_cache

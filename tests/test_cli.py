@@ -8,6 +8,7 @@ from PIL import Image
 from tgdfer.cli import main
 
 
+@pytest.mark.integration
 def test_commands_end_to_end(tmp_path, dfew_root, tiny_clip_path, capsys):
     cache, run = tmp_path / "dfew.h5", tmp_path / "run"
     assert (
@@ -111,6 +112,7 @@ def test_defaults_that_depend_on_other_settings_live_in_the_config():
     assert RunConfig(out="elsewhere").out == "elsewhere" and RunConfig().out == "cache/runs/dfew-fold1"
 
 
+@pytest.mark.integration
 def test_demo_runs_with_a_tiny_clip(tmp_path, tiny_clip_path, capsys):
     assert (
         main(

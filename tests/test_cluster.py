@@ -93,6 +93,7 @@ def _task_training_a_partial_run(out: Path, timeout: float = 180) -> tuple[int, 
     raise AssertionError(f"no task reached a partial run within {timeout} s")
 
 
+@pytest.mark.integration
 def test_kill_a_task_then_resubmit_gives_the_local_pools_table(cache, reference, tmp_path):
     out, lines = tmp_path / "sweep", []
     thread, box = _in_thread(lambda: run_table(_sweep(cache, out, runs_per_task=2), log=lines.append))
@@ -119,6 +120,7 @@ def test_kill_a_task_then_resubmit_gives_the_local_pools_table(cache, reference,
     assert third["ran"] == 0 and sum(line.startswith("submitted") for line in lines) == submitted == 2
 
 
+@pytest.mark.integration
 def test_a_preempted_task_requeues_and_resumes_from_its_checkpoint(cache, reference, tmp_path):
     out = tmp_path / "sweep"
     thread, box = _in_thread(lambda: run_table(_sweep(cache, out, rows=("e",), runs_per_task=2), log=lambda _: None))
@@ -134,6 +136,7 @@ def test_a_preempted_task_requeues_and_resumes_from_its_checkpoint(cache, refere
     assert _rows(result) == [row for row in _rows(reference[0]) if row[0] == "e"]
 
 
+@pytest.mark.integration
 def test_train_all_folds_as_an_array_job(cache, reference, tmp_path, capsys):
     out = tmp_path / "train"
     args = ["train", "--features", cache, "--fold", "all", "--out", str(out), "--device", "cpu"]
@@ -278,6 +281,7 @@ def test_array_blocks_are_contiguous_and_cover_every_shard(capsys):
     assert capsys.readouterr().err.startswith("error: array_task: expected 0 <= array_task < array_tasks=2, ")
 
 
+@pytest.mark.integration
 def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_path, one_process, tmp_path, capsys):
     out = tmp_path / "array.h5"
     cmd = [sys.executable, "-m", "tgdfer", "extract", *_extract_args(dfew_root, tiny_clip_path), "--out", str(out)]
@@ -300,6 +304,7 @@ def test_two_array_tasks_as_two_processes_write_one_cache(dfew_root, tiny_clip_p
     _same(load_cache(out), one_process)
 
 
+@pytest.mark.integration
 def test_a_shard_range_leaves_the_entry_to_the_process_that_completes_it(
     dfew_root, tiny_clip_path, one_process, tmp_path, capsys
 ):
@@ -328,6 +333,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_torchrun_across_two_nodes_writes_the_same_cache(dfew_root, tiny_clip_path, one_process, tmp_path):
     """README's multi-node command, with both "nodes" on this machine: --nnodes 2, one rank each."""
     out, port = tmp_path / "nodes.h5", _free_port()

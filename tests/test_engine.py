@@ -62,6 +62,7 @@ def test_learns_and_localises_the_expression_burst_from_clip_labels(tmp_path, ti
     assert highest - lowest > 30, (highest, lowest)
 
 
+@pytest.mark.integration
 def test_same_seed_same_metrics(feature_cache, tmp_path):
     path, _ = feature_cache
     a = fit_fold(_cfg(path, tmp_path / "a", *FAST), log=lambda s: None)
@@ -73,6 +74,7 @@ def test_same_seed_same_metrics(feature_cache, tmp_path):
     assert [strip[0](x) for x in log_a] == [strip[0](x) for x in log_b]
 
 
+@pytest.mark.integration
 def test_resume_reaches_the_uninterrupted_metrics(feature_cache, tmp_path):
     path, _ = feature_cache
     overrides = [*FAST, "optim.milestones=2,3"]  # the schedule changes inside the interrupted span
@@ -94,6 +96,7 @@ def test_resume_reaches_the_uninterrupted_metrics(feature_cache, tmp_path):
         fit_fold(_cfg(path, tmp_path / "cut", *overrides, "model.window=2"), resume=True, log=lambda s: None)
 
 
+@pytest.mark.integration
 def test_run_directory_holds_everything(feature_cache, tmp_path):
     path, _ = feature_cache
     out = tmp_path / "run"
@@ -120,6 +123,7 @@ def test_run_directory_holds_everything(feature_cache, tmp_path):
             assert img.size == size and img.getextrema() != ((255, 255),) * 3
 
 
+@pytest.mark.integration
 def test_all_folds_report_mean_and_std(tmp_path, tiny_clip_path, tiny_clip):
     path = tmp_path / "c.h5"
     write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=3)

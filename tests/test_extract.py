@@ -104,6 +104,7 @@ def test_bad_annotations_stop_before_any_encoding(tmp_path, tiny_clip_path):
     assert not shard_dir(tmp_path / "c.h5").exists()
 
 
+@pytest.mark.integration
 def test_rerun_skips_committed_shards_and_refuses_other_settings(dfew_root, tiny_clip_path, tmp_path):
     out = tmp_path / "c.h5"
     extract(_cfg(dfew_root, out, tiny_clip_path))
@@ -136,6 +137,7 @@ def _in_process(args: list[str]) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.integration
 def test_sigkill_mid_run_then_rerun_gives_identical_features(tmp_path, tiny_clip_path):
     root = make_dfew_tree(tmp_path / "d", 24, frames=(30, 40), size=160, seed=3)
     args = [
@@ -173,6 +175,7 @@ def test_sigkill_mid_run_then_rerun_gives_identical_features(tmp_path, tiny_clip
     assert list(a.clip_ids) == list(b.clip_ids)
 
 
+@pytest.mark.integration
 def test_two_ranks_write_the_same_features_as_one(dfew_root, tiny_clip_path, tmp_path):
     args = [
         "--dataset",

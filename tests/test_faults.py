@@ -33,6 +33,9 @@ from tgdfer.testing.synthetic import make_clip, make_dfew_tree, write_frame_fold
 from tgdfer.train.engine import fit_fold
 from tgdfer.train.runs import load_run
 
+# Fault injection: SIGKILL, flipped bytes, lock holders, full disks, dying ranks: real processes and extractions.
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 
 

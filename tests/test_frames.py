@@ -93,6 +93,7 @@ def _dfew_cfg(root, out, clip, **kw):
     return ExtractConfig(**{**base, **kw})
 
 
+@pytest.mark.integration
 def test_extract_every_frame_matches_the_view_cache(dfew_root, tiny_clip_path, tmp_path):
     views = _dfew_cfg(dfew_root, tmp_path / "v.h5", tiny_clip_path, views=1)
     extract(views)
@@ -177,6 +178,7 @@ def _run(cache, out, *overrides):
     return apply_overrides(RunConfig(features=str(cache), out=str(out), device="cpu"), [*FAST, *overrides])
 
 
+@pytest.mark.integration
 def test_resumed_run_on_a_frame_cache_equals_an_uninterrupted_one(frame_cache, tmp_path):
     path, _ = frame_cache
     whole = fit_fold(_run(path, tmp_path / "whole"), log=lambda s: None)
@@ -207,6 +209,7 @@ def test_frame_cache_info_lists_frames_passes_and_bytes(frame_cache):
     assert f"{on_disk:,} bytes on disk" in text
 
 
+@pytest.mark.integration
 def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path, tmp_path, capsys):
     from tgdfer.cli import main
 
@@ -235,6 +238,7 @@ def test_cli_extract_frames_all_then_train_every_fold(dfew_root, tiny_clip_path,
     assert result["ok"] and abs(sum(result["probabilities"].values()) - 1) < 1e-4
 
 
+@pytest.mark.integration
 def test_ablate_table6_runs_on_a_frame_cache(frame_cache, tmp_path):
     from tgdfer.config import SweepConfig
     from tgdfer.sweep.runner import run_table

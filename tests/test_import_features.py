@@ -47,6 +47,7 @@ def _write_csv(path, rows):
         w.writerows(rows)
 
 
+@pytest.mark.integration
 def test_import_of_a_video_features_folder_trains_end_to_end(tmp_path, tiny_clip_path, tiny_clip, capsys):
     labels_csv, rows, feats = _folder(tmp_path / "vf")
     rows.append(("videos/gone.mp4", "happy", "train"))  # no features on disk: a logged skip

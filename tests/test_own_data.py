@@ -66,6 +66,7 @@ def _extract_cfg(csv_path, out, clip, **changes) -> ExtractConfig:
     return ExtractConfig(**(settings | changes))
 
 
+@pytest.mark.integration
 def test_own_csv_extracts_its_classes_splits_and_faces(own):
     _, out, _, _ = own
     cache = load_cache(out)
@@ -92,6 +93,7 @@ def test_own_csv_extracts_its_classes_splits_and_faces(own):
     assert "clips/wall.mp4" in next(line for line in text if line.startswith("  no face: "))
 
 
+@pytest.mark.integration
 def test_a_refused_rerun_names_the_settings_that_differ(own, tiny_clip_path):
     csv_path, out, _, _ = own
     with pytest.raises(ExtractError) as refused:
@@ -104,6 +106,7 @@ def test_a_refused_rerun_names_the_settings_that_differ(own, tiny_clip_path):
     ]
 
 
+@pytest.mark.integration
 def test_validation_is_scored_every_epoch_and_the_final_epoch_reported(tmp_path, tiny_clip_path, tiny_clip):
     path = tmp_path / "c.h5"
     write_feature_cache(path, str(tiny_clip_path), tiny_clip.sha256, n_clips=60, views=1, folds=2)
@@ -147,6 +150,7 @@ def test_progress_prints_lines_with_rate_and_eta_when_not_a_terminal():
     assert quiet.getvalue() == ""  # work shorter than the interval prints nothing
 
 
+@pytest.mark.integration
 def test_paper_figures_only_beside_a_dfew_cache(tmp_path, tiny_clip_path, tiny_clip):
     summary = [{"label": "e", "setting": "fine 1, coarse 1", "uar": [50.0], "war": [60.0], "runs": 1, "failed": 0}]
     summary[0] |= {"paper_uar": 60.17, "paper_war": 71.62}
@@ -197,6 +201,7 @@ FAST = {  # appended to the README's commands: the tiny random CLIP, few epochs,
 }
 
 
+@pytest.mark.integration
 def test_the_readme_walk_through_runs_on_a_csv_of_own_labels(tmp_path, tiny_clip_path, monkeypatch, capsys):
     import shlex
 

@@ -119,6 +119,7 @@ def test_predict_sees_what_stage_1_cached(trained):
         assert result["face_found"] == [True] * T and result["warning"] is None
 
 
+@pytest.mark.integration
 def test_batches_and_workers_give_the_same_results(trained, clips, tmp_path):
     """Several clips per encoder/model call, decoded by worker processes == one clip at a time in-process.
 

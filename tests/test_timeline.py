@@ -371,6 +371,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(tmp_path, trained, monkey
         assert json.loads(Path(result[0]["json"]).read_text())["settings"]["precision"] == dtype
 
 
+@pytest.mark.integration
 def test_resume_equals_an_uninterrupted_run(tmp_path, trained, astronaut, monkeypatch):
     fps, n = 25, 25 * 10
     video = write_video_pts(
@@ -422,6 +423,7 @@ def dataclass_replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
+@pytest.mark.integration
 def test_memory_stays_flat_on_a_long_video(tmp_path, trained):
     """Peak Python memory (numpy included) while a 4-minute video runs is that of a 24 s one: frames stream, and
     features are freed when their last window is done. Keeping the long video's frames would add 29 MB."""
@@ -444,6 +446,7 @@ def test_memory_stays_flat_on_a_long_video(tmp_path, trained):
     assert peaks["long"] - peaks["short"] < 3_000_000, peaks
 
 
+@pytest.mark.integration
 def test_cli_several_videos_one_unreadable(tmp_path, trained, capsys):
     good = _clip_video(tmp_path / "good.mkv", 4.0)
     bad = tmp_path / "broken.mp4"
