@@ -78,7 +78,8 @@ def read_people_map(path: str | None) -> dict[str, str]:
 class PeopleRun(VideoRun):
     """``VideoRun`` for every person: the tracker in place of the followed face, rows per (window, person)."""
 
-    CHECKPOINT_S = 60.0  # seconds between resume checkpoints: a few ms each (a few MB with --save-features)
+    CHECKPOINT_S = 60.0  # seconds between resume checkpoints; one is ~1 MB for 10 min of two persons (its arrays:
+    # 8 bytes x 13 per detection), plus the saved features with --save-features
 
     def __init__(self, path: str, run, cfg, face_crop: bool, stem: str, log, cropper=None):
         super().__init__(path, run, cfg, face_crop, stem, log, cropper)
