@@ -156,18 +156,18 @@ class PeopleRun(VideoRun):
             self.features[(index, track)] = self.reuse.track_feature(index, track)
 
     def _write_windows(self, upto: int, final: bool = False) -> None:
-        """As ``VideoRun``: the windows whose frames are through, each (window, track) computed, features freed."""
+        """As ``VideoRun``: the windows whose frames are through, each (window, track) computed, features freed;
+        then, when due, a checkpoint (called after each encoder batch, so every ``batch_frames`` crops at most)."""
         ready, w = [], self.next
         while w < self.n_windows and self.window_last[w] <= upto:
             ready.append(w)
             w += 1
-        if not ready or (len(ready) < self.cfg.batch_windows and not final):
-            return
-        self.next = w
-        self._track_probabilities(ready)
-        for key in [k for k in self.features if self.last_use[k[0]] <= ready[-1]]:
-            del self.features[key]
-        self.progress.update(len(ready))
+        if ready and (len(ready) >= self.cfg.batch_windows or final):
+            self.next = w
+            self._track_probabilities(ready)
+            for key in [k for k in self.features if self.last_use[k[0]] <= ready[-1]]:
+                del self.features[key]
+            self.progress.update(len(ready))
         due = time.perf_counter() - self.checkpointed >= self.CHECKPOINT_S
         if due and self.tracker is not None and not final and not self.pending:  # frame ``upto`` wholly through
             save_checkpoint(self.checkpoint, self._state(upto))
