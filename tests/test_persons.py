@@ -4,6 +4,7 @@ squares stands in for BlazeFace, so the matcher, the cut rule and the linker are
 
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -135,6 +136,27 @@ def test_a_cut_ends_every_track_and_persons_exchanging_places_keep_their_ids():
     assert persons.persons == ["p1", "p2"]
     for i, red_x in ((0, 0.25), (6, 0.75), (12, 0.25)):  # red is p1 (first found, leftmost, at frame 0)
         assert people_at(found, persons, i)["p1"] == pytest.approx(red_x, abs=0.01)
+
+
+def test_a_restored_state_continues_the_stream_exactly():
+    """``state()`` after frame 8 (a cut, embeddings described), through an npz, into a new tracker: the rest of the
+    stream gives the same detections, cuts and persons as one tracker run throughout (the people resume)."""
+    shot_a = [frame({"red": 0.25, "blue": 0.75}) for _ in range(6)]
+    shot_b = [frame({"blue": 0.25, "red": 0.75}, background=(40, 40, 40)) for _ in range(6)]
+    frames = shot_a + shot_b + shot_a
+    rng = np.random.default_rng(0)
+    whole, resumed = PersonTracker(detector=SkinDetector()), PersonTracker(detector=SkinDetector())
+    for i, f in enumerate(frames[:9]):
+        for d in whole.update(f, i / 8, i):
+            whole.describe(d.track, rng.normal(size=16))
+    buffer = io.BytesIO()
+    np.savez(buffer, **whole.state())
+    buffer.seek(0)
+    resumed.restore(dict(np.load(buffer, allow_pickle=False)))
+    rest = [(whole.update(f, i / 8, i), resumed.update(f, i / 8, i)) for i, f in enumerate(frames[9:], start=9)]
+    assert all(a == b for a, b in rest) and whole.cuts == resumed.cuts == [(6, 0.75), (12, 1.5)]
+    assert whole.link().to_dict() == resumed.link().to_dict()
+    assert all(np.array_equal(whole.tracks[t].embedding_sum, resumed.tracks[t].embedding_sum) for t in whole.tracks)
 
 
 def test_short_tracks_are_left_out_and_counted():

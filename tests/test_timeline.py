@@ -578,6 +578,8 @@ def test_people_rows_json_map_and_report(tmp_path, trained, pyfeat_clips, monkey
     rows = _rows(result["csv"])
     assert list(rows[0]) == [*PEOPLE_FIXED, *NAMES]
     assert [r["person"] for r in rows] == ["p1", "p2"] * result["windows"]
+    assert f": 0:08.0, {result['windows']} windows of " in tl.format_summary(result)
+    assert re.search(r" s every [\d.]+ s x 2 persons; time by top emotion: ", tl.format_summary(result))
     for r in rows:
         assert r["status"] == "ok" and float(r["face_frac"]) == 1.0
         left = float(r["x1"]) <= 320
@@ -599,3 +601,55 @@ def test_people_rows_json_map_and_report(tmp_path, trained, pyfeat_clips, monkey
     assert [{k: v for k, v in r.items() if k != "person"} for r in _rows(renamed["csv"])] == [
         {k: v for k, v in r.items() if k != "person"} for r in rows
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batch_windows", [1, 32])
+def test_people_resume_equals_an_uninterrupted_run(tmp_path, trained, pyfeat_clips, monkeypatch, batch_windows):
+    """A people timeline stopped mid-video (Ctrl-C in the second of three shots, persons swapped) and resumed from
+    its checkpoint gives the uninterrupted run's CSV and persons, without encoding again the frames before it.
+    Windows computed one at a time (the checkpoint holds rows) or 32 at a time (none yet: features only)."""
+    from tgdfer.apps.timeline.people import PeopleRun
+    from tgdfer.testing.people import build_video
+
+    video = tmp_path / "swap.mp4"
+    build_video("swap", pyfeat_clips, video)
+    cfg = _cfg(
+        trained,
+        tmp_path / "full",
+        people="all",
+        batch_frames=8,
+        batch_windows=batch_windows,
+        precision="fp32",
+        report=False,
+    )
+    full = tl.timeline([str(video)], cfg)[0]
+    assert full["ok"], full
+    monkeypatch.setattr(PeopleRun, "CHECKPOINT_S", 0.0)  # a checkpoint whenever windows are written
+    real = VideoStream.frames
+
+    def ctrl_c(self):
+        for index, frame in real(self):
+            if index == 130:  # 5.2 s: the second shot
+                raise KeyboardInterrupt
+            yield index, frame
+
+    monkeypatch.setattr(VideoStream, "frames", ctrl_c)
+    part = dataclass_replace(cfg, out=str(tmp_path / "part"))
+    with pytest.raises(KeyboardInterrupt):
+        tl.timeline([str(video)], part)
+    checkpoint = tmp_path / "part" / "swap.people-resume.npz"
+    assert checkpoint.is_file()
+    assert json.loads((tmp_path / "part" / "swap.timeline.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(VideoStream, "frames", real)
+    logs: list[str] = []
+    resumed = tl.timeline([str(video)], dataclass_replace(part, resume=True), log=logs.append)[0]
+    assert resumed["ok"], resumed
+    assert any(
+        re.match(r"swap: resuming after \d+ of \d+ windows \(sampled frames through 1[0-2]\d\)", s) for s in logs
+    )
+    assert _rows(resumed["csv"]) == _rows(full["csv"])
+    people = [json.loads(Path(r["json"]).read_text())["people"] for r in (full, resumed)]
+    assert people[0] == people[1] and len(people[0]["persons"]) == 2
+    assert 0 < resumed["seconds"]["encoded_frames"] < full["seconds"]["encoded_frames"] * 0.6
+    assert not checkpoint.exists()

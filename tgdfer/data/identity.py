@@ -13,6 +13,7 @@ them.
 - ``PersonAssignment``: which person each track is, each person's boxes in a time range (``boxes``) or nearest a
   time (``nearest``), screen time (``detections``, ``top``), first and last seen (``span``), a merge-and-rename
   map (``renamed``), and a JSON form (``to_dict``/``from_dict``) to re-apply a map without decoding.
+- ``tracks_to_arrays``/``tracks_from_arrays``: tracks as plain arrays, exactly (a resumable checkpoint).
 
 Identity never comes from face-recognition weights (ArcFace/InsightFace are licensed for non-commercial research
 only): colour statistics work with any CLIP, the tiny random one of the tests included; the caller's CLIP
@@ -95,6 +96,47 @@ class Track:
         v = v / max(float(np.linalg.norm(v)), 1e-12)
         self.embedding_sum = v if self.embedding_sum is None else self.embedding_sum + v
         self.embeddings += 1
+
+
+def tracks_to_arrays(tracks: list[Track]) -> dict[str, np.ndarray]:
+    """Tracks (ids 0..n-1, in order) as plain arrays for an npz (no pickle), exactly: ``tracks_from_arrays`` gives
+    them back. n tracks, m detections in all, D the embedding size (1 when none has one)."""
+    dims = [t.embedding_sum.shape[0] for t in tracks if t.embedding_sum is not None]
+    dim = dims[0] if dims else 1
+    detections = [(t.id, i, *t.boxes[i], t.times[i]) for t in tracks for i in t.boxes]  # in each track's order
+    return {
+        "track_ints": np.array(
+            [(t.id, t.shot, t.embeddings, t.missed, t.last_index) for t in tracks], np.int64
+        ).reshape(-1, 5),  # (n, 5)
+        "track_colour": np.stack([t.colour_sum for t in tracks]) if tracks else np.zeros((0, len(REGIONS), 1)),
+        "track_embedding": np.stack(
+            [np.zeros(dim) if t.embedding_sum is None else t.embedding_sum for t in tracks]
+        ).reshape(-1, dim),  # (n, D) float64
+        "track_embedded": np.array([t.embedding_sum is not None for t in tracks], bool),  # (n,)
+        "track_detections": np.array(detections, np.float64).reshape(-1, 7),  # (m, 7): track, frame, box, time
+    }
+
+
+def tracks_from_arrays(arrays: dict[str, np.ndarray]) -> list[Track]:
+    """The tracks ``tracks_to_arrays`` wrote, equal to those it was given."""
+    tracks = []
+    for n, (tid, shot, embeddings, missed, last_index) in enumerate(arrays["track_ints"].tolist()):
+        embedded = bool(arrays["track_embedded"][n])
+        tracks.append(
+            Track(
+                tid,
+                shot,
+                colour_sum=arrays["track_colour"][n].copy(),
+                embedding_sum=arrays["track_embedding"][n].copy() if embedded else None,
+                embeddings=embeddings,
+                missed=missed,
+                last_index=last_index,
+            )
+        )
+    for tid, index, x, y, w, h, time in arrays["track_detections"].tolist():
+        tracks[int(tid)].boxes[int(index)] = (x, y, w, h)
+        tracks[int(tid)].times[int(index)] = time
+    return tracks
 
 
 class _Stats:

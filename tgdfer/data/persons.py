@@ -11,6 +11,7 @@ appearance, with "too short to attribute" said out loud rather than guessed.
   position alone. ``describe(track, embedding)`` adds the caller's embedding of a detection's crop (the CLIP
   feature tgdfer computes anyway) to the track's running mean. Per track the state is small: running means of its
   colour histograms and embeddings, and its box per sampled frame.
+- ``state()``/``restore(state)``: the tracker's whole running state as plain arrays, for a resumable checkpoint.
 - ``PersonTracker.link() -> PersonAssignment`` at the end: the tracks joined into persons ``p1``, ``p2``, ... by
   appearance (``tgdfer.data.identity.link``, which also holds ``Track`` and ``PersonAssignment``).
 """
@@ -24,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 from tgdfer.data.appearance import CutConfig, ShotCuts, region_distance, region_histograms
 from tgdfer.data.faces import DetectorConfig, Face, FaceDetector
-from tgdfer.data.identity import LinkConfig, PersonAssignment, Track, link
+from tgdfer.data.identity import LinkConfig, PersonAssignment, Track, link, tracks_from_arrays, tracks_to_arrays
 from tgdfer.errors import ConfigError
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) as fractions of the frame's width and height
@@ -175,6 +176,28 @@ class PersonTracker:
         ``link`` reads it, so it may come any time before that (when the caller's encoder batch is through), in any
         order; a track need not have one for every detection."""
         self.tracks[track].describe(embedding)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything ``update`` carries from frame to frame, as plain arrays (an npz, no pickle): ``restore`` on a
+        new tracker with the same config continues the stream exactly as this one would."""
+        previous = self.shots.previous
+        return tracks_to_arrays(list(self.tracks.values())) | {
+            "active": np.array(self.active, np.int64),
+            "cut_index": np.array([i for i, _ in self.cuts], np.int64),
+            "cut_time": np.array([t for _, t in self.cuts], np.float64),
+            "counters": np.array([self.shot, self._since_search], np.int64),
+            "shot_previous": np.zeros((0, 0)) if previous is None else previous,  # (cells, B) or empty
+            "shot_distance": np.array(self.shots.last_distance),
+        }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()`` of a tracker with this config, taken after some sampled frame."""
+        self.tracks = {t.id: t for t in tracks_from_arrays(state)}
+        self.active = [int(t) for t in state["active"]]
+        self.cuts = [(int(i), float(t)) for i, t in zip(state["cut_index"], state["cut_time"], strict=True)]
+        self.shot, self._since_search = (int(v) for v in state["counters"])
+        self.shots.previous = None if state["shot_previous"].size == 0 else state["shot_previous"].copy()
+        self.shots.last_distance = float(state["shot_distance"])
 
     def link(self) -> PersonAssignment:
         """The tracks so far joined into persons (``tgdfer.data.identity.link``)."""

@@ -75,16 +75,19 @@ def summarize(rows: list[list[str]], names: tuple[str, ...]) -> dict:
 
 
 def format_summary(result: dict) -> str:
-    """One line per video: its length, windows, face share, then classes by share of time."""
+    """One line per video: its length, windows (and persons), face share, then classes by share of time (over all
+    (window, person) rows of a people timeline)."""
     if not result["ok"]:
         return f"{result['path']}: failed: {result['error']}"
     s = result["summary"]
     minutes, seconds = divmod(result["duration_s"], 60)
     ranked = sorted(s["share"].items(), key=lambda kv: -kv[1])
     shares = ", ".join(f"{name} {share:.0%}" for name, share in ranked if share > 0)
+    persons = s.get("persons")  # a people timeline: one row per (window, person)
+    who = "" if persons is None else f" x {len(persons)} person{'s' * (len(persons) != 1)}"
     return (
-        f"{result['path']}: {int(minutes)}:{seconds:04.1f}, {s['windows']} windows of {result['window_s']:g} s every "
-        f"{result['stride_s']:g} s; time by top emotion: {shares or 'none'}"
+        f"{result['path']}: {int(minutes)}:{seconds:04.1f}, {result['windows']} windows of {result['window_s']:g} s "
+        f"every {result['stride_s']:g} s{who}; time by top emotion: {shares or 'none'}"
         + (f", no face {s['no_face']:.0%}" if s["no_face"] else "")
         + f" -> {result['csv']}"
     )

@@ -7,8 +7,15 @@ status, face share, centre box and probabilities, exactly as the one-face timeli
 are then freed, so memory holds one small record per (window, track). Person ids need the whole video (tracks
 are linked at the end), so the CSV is written once, at the end: a (window, person) row is the row of the
 person's track with the largest face share in that window. ``people_map`` merges and renames persons; from saved
-features it is applied without decoding (the npz holds the tracks). An interrupted people timeline starts over
-on ``--resume``; a complete one with the same settings is kept.
+features it is applied without decoding (the npz holds the tracks).
+
+Resume: at most every ``CHECKPOINT_S`` seconds, once a frame's crops are encoded, the run so far goes atomically
+into ``<stem>.people-resume.npz`` (plain arrays, no pickle, with the settings hash): the tracker's whole state
+(``PersonTracker.state``), the detections per sampled frame, the (window, track) rows computed, the features
+windows still need, the frames through. ``--resume`` with the same settings restores it and goes on after that
+frame: earlier frames are decoded (the decoder must reach the frame) but not converted, detected or encoded, and
+the rows equal an uninterrupted run's. Without a checkpoint of these settings it starts over; a complete run with
+the same settings is kept. The checkpoint is removed when the run completes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 
 from tgdfer.apps.timeline.outputs import format_row, settings_hash, summarize, write_header, write_rows
+from tgdfer.apps.timeline.resume import load_checkpoint, save_checkpoint
 from tgdfer.apps.timeline.run import VideoRun
 from tgdfer.apps.timeline.saved import save_features
 from tgdfer.apps.timeline.windows import fill_slots, smooth
@@ -70,8 +78,11 @@ def read_people_map(path: str | None) -> dict[str, str]:
 class PeopleRun(VideoRun):
     """``VideoRun`` for every person: the tracker in place of the followed face, rows per (window, person)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    CHECKPOINT_S = 60.0  # seconds between resume checkpoints; one is ~1 MB for 10 min of two persons (its arrays:
+    # 8 bytes x 13 per detection), plus the saved features with --save-features
+
+    def __init__(self, path: str, run, cfg, face_crop: bool, stem: str, log, cropper=None):
+        super().__init__(path, run, cfg, face_crop, stem, log, cropper)
         self.follower = None
         self.mapping = read_people_map(self.cfg.people_map)
         self.tracker = None if self.reuse is not None else PersonTracker(detector=self.cropper.detector)
@@ -80,6 +91,8 @@ class PeopleRun(VideoRun):
         self.header["settings"] |= {"people": self.cfg.people, "people_map": self.mapping or None}
         self.header["settings_hash"] = settings_hash(self.header["settings"])
         self.header["people"] = {"mode": self.cfg.people, "map": self.mapping or None}
+        self.checkpoint = self.files["csv"].with_name(f"{stem}.people-resume.npz")
+        self.checkpointed = time.perf_counter()
 
     def run(self) -> dict:
         files = self.files
@@ -88,11 +101,12 @@ class PeopleRun(VideoRun):
             if old.get("status") == "complete" and old.get("settings") == self.header["settings"]:
                 self.log(f"resuming after {self.n_windows} of {self.n_windows} windows")
                 return old["result"]
-            self.log("an interrupted people timeline starts over (person ids need the whole video)")
+        if not (self.cfg.resume and self._restore()):
+            self.checkpoint.unlink(missing_ok=True)
         write_header(files, self.header)
         self._plan_uses()
         self.progress = Progress(
-            self.n_windows, self.stem, unit="window", stream=sys.stderr, interval=self.cfg.log_every
+            self.n_windows - self.next, self.stem, unit="window", stream=sys.stderr, interval=self.cfg.log_every
         )
         started = time.perf_counter()
         try:
@@ -142,18 +156,22 @@ class PeopleRun(VideoRun):
             self.features[(index, track)] = self.reuse.track_feature(index, track)
 
     def _write_windows(self, upto: int, final: bool = False) -> None:
-        """As ``VideoRun``: the windows whose frames are through, each (window, track) computed, features freed."""
+        """As ``VideoRun``: the windows whose frames are through, each (window, track) computed, features freed;
+        then, when due, a checkpoint (called after each encoder batch, so every ``batch_frames`` crops at most)."""
         ready, w = [], self.next
         while w < self.n_windows and self.window_last[w] <= upto:
             ready.append(w)
             w += 1
-        if not ready or (len(ready) < self.cfg.batch_windows and not final):
-            return
-        self.next = w
-        self._track_probabilities(ready)
-        for key in [k for k in self.features if self.last_use[k[0]] <= ready[-1]]:
-            del self.features[key]
-        self.progress.update(len(ready))
+        if ready and (len(ready) >= self.cfg.batch_windows or final):
+            self.next = w
+            self._track_probabilities(ready)
+            for key in [k for k in self.features if self.last_use[k[0]] <= ready[-1]]:
+                del self.features[key]
+            self.progress.update(len(ready))
+        due = time.perf_counter() - self.checkpointed >= self.CHECKPOINT_S
+        if due and self.tracker is not None and not final and not self.pending:  # frame ``upto`` wholly through
+            save_checkpoint(self.checkpoint, self._state(upto))
+            self.checkpointed = time.perf_counter()
 
     def _track_probabilities(self, ready: list[int]) -> None:
         """(window, track) rows of the ready windows: status, face share, centre box, (C,) probabilities."""
@@ -183,6 +201,56 @@ class PeopleRun(VideoRun):
         self.seconds["model"] += time.perf_counter() - t0
         for (w, t, frac, box), p in zip(keys, out["probs"].cpu().numpy(), strict=True):
             self.track_rows[(w, t)] = ("ok", frac, p, box)
+
+    # ---------------------------------------------------------------------------------------------- resume
+
+    def _state(self, through: int) -> dict[str, np.ndarray]:
+        """The run after sampled frame ``through`` as plain arrays (``CHECKPOINT_S``): C classes, D features."""
+        rows = sorted(self.track_rows.items())
+        dim, n_classes = self.trained.clip.dim, len(self.names)
+        det = [(i, t, *box) for i, found in sorted(self.detections.items()) for t, box in found.items()]
+        saved = self.saved if self.cfg.save_features else []
+        return {
+            "settings_hash": np.str_(self.header["settings_hash"]),
+            "through": np.array(through),
+            "next": np.array(self.next),
+            "found": self.found,  # (frames,)
+            "detections": np.array(det, np.float64).reshape(-1, 6),  # (k, 6): frame, track, box
+            "row_keys": np.array([k for k, _ in rows], np.int64).reshape(-1, 2),  # (r, 2): window, track
+            "row_ok": np.array([r[0] == "ok" for _, r in rows], bool),
+            "row_frac": np.array([r[1] for _, r in rows], np.float64),
+            "row_probs": np.array(
+                [np.full(n_classes, np.nan) if r[2] is None else r[2] for _, r in rows], np.float32
+            ).reshape(-1, n_classes),
+            "row_box": np.array([r[3] for _, r in rows], np.float64).reshape(-1, 4),
+            "feature_keys": np.array(list(self.features), np.int64).reshape(-1, 2),  # (f, 2): frame, track
+            "feature_values": np.stack([v.numpy() for v in self.features.values()] or [np.zeros(dim, np.float16)]),
+            "saved_keys": np.array([k for k, _, _ in saved], np.int64).reshape(-1, 2),
+            "saved_values": np.stack([v for _, v, _ in saved] or [np.zeros(dim, np.float16)]),
+            "saved_boxes": np.array([b for _, _, b in saved], np.float64).reshape(-1, 4),
+        } | {f"tracker_{k}": v for k, v in self.tracker.state().items()}
+
+    def _restore(self) -> bool:
+        """The checkpoint of these settings, if any, restored (``_state``); False when there is none."""
+        a = load_checkpoint(self.checkpoint, self.header["settings_hash"])
+        if a is None or self.tracker is None:
+            self.log("no checkpoint of these settings: the people timeline starts over")
+            return False
+        self.tracker.restore({k[len("tracker_") :]: v for k, v in a.items() if k.startswith("tracker_")})
+        self.through, self.next, self.found = int(a["through"]), int(a["next"]), a["found"].copy()
+        for i, t, *box in a["detections"].tolist():
+            self.detections.setdefault(int(i), {})[int(t)] = tuple(box)
+        for (w, t), ok, frac, probs, box in zip(
+            a["row_keys"].tolist(), a["row_ok"], a["row_frac"].tolist(), a["row_probs"], a["row_box"].tolist(),
+            strict=True,
+        ):  # fmt: skip
+            self.track_rows[(w, t)] = ("ok" if ok else "no_face", frac, probs if ok else None, tuple(box))
+        for (i, t), v in zip(a["feature_keys"].tolist(), a["feature_values"], strict=False):
+            self.features[(i, t)] = torch.from_numpy(v.copy())
+        keys, values, boxes = a["saved_keys"].tolist(), a["saved_values"], a["saved_boxes"].tolist()
+        self.saved = [((i, t), v, tuple(b)) for (i, t), v, b in zip(keys, values, boxes, strict=False)]
+        self.log(f"resuming after {self.next} of {self.n_windows} windows (sampled frames through {self.through})")
+        return True
 
     # ---------------------------------------------------------------------------------------------- the end
 
@@ -259,7 +327,7 @@ class PeopleRun(VideoRun):
         write_rows(self.files["csv"], header, rows)
         persons = [self._person_summary(p, by_person[p], assignment) for p in by_person]
         summary = summarize([r[1:6] + r[10:] for r in rows], self.names)  # over all (window, person) rows
-        summary["persons"] = [p["id"] for p in persons]
+        summary |= {"windows": self.n_windows, "rows": len(rows), "persons": [p["id"] for p in persons]}
         self.header["people"] |= {"persons": persons, "short_tracks_left_out": len(assignment.short)}
         if cfg.save_features:
             self._save()
@@ -267,6 +335,7 @@ class PeopleRun(VideoRun):
         result = self._result(summary, None)
         done = {"status": "complete", "summary": summary, "seconds": self.seconds, "result": result}
         write_header(self.files, self.header | done)
+        self.checkpoint.unlink(missing_ok=True)
         return result | {"report": self._report()}
 
     def _save(self) -> None:

@@ -91,6 +91,7 @@ class VideoRun:
         self.saved: list[tuple[int, np.ndarray, Box]] = []  # (frame number, (D,) fp16, box) for the npz
         self.pending: list[tuple[int, np.ndarray, Box]] = []  # (frame number, (S, S, 3) uint8, box) to encode
         self.done = 0  # windows in the CSV before this call (resume)
+        self.through = -1  # sampled frames up to this one went through before (a restored people checkpoint)
         self.next = 0  # the first window not yet written
         self.seconds = {"total": 0.0, "encoder": 0.0, "model": 0.0, "faces": 0.0, "encoded_frames": 0}
 
@@ -205,7 +206,7 @@ class VideoRun:
         written as their frames are through."""
         n_frames = len(self.stream.times)
         for index, frame in self.stream.frames() if self.done < self.n_windows else ():
-            if not self.sampled[index]:
+            if not self.sampled[index] or index <= self.through:
                 continue
             if self.reuse is not None:  # nothing to decode or encode: the first run's faces and features
                 self._reused(index)

@@ -38,10 +38,13 @@ def timeline(paths: list[str], cfg: TimelineConfig, log: Callable[[str], None] |
         if text is not None:
             parse_span(text, name)  # a bad length fails before the run loads, not once per video
     run = timeline_run(cfg, log)
-    face_crop = face_crop_choice(run, cfg.face_crop, log)
-    if cfg.people is not None and not face_crop:
-        log("face crop on: --people crops every face")
-        face_crop = True
+    if cfg.people is None:
+        face_crop = face_crop_choice(run, cfg.face_crop, log)
+    else:  # one line: --people crops every face, whatever was asked or the run's cache
+        face_crop, recorded = True, run.identity.get("face_crop")
+        ignored = " (--no-face-crop ignored)" if cfg.face_crop is False else ""
+        cache = ", although the run's cache was made without face crops" if recorded in (False, 0) else ""
+        log(f"face crop on: --people crops every face{ignored}{cache}")
     cropper = None
     if face_crop:
         cropper = FaceCropper()
