@@ -33,10 +33,10 @@ from tgdfer.apps.timeline.resume import load_checkpoint, save_checkpoint
 from tgdfer.apps.timeline.run import VideoRun
 from tgdfer.apps.timeline.saved import save_features
 from tgdfer.apps.timeline.windows import fill_slots, smooth
+from tgdfer.data.faces import Box
 from tgdfer.data.identity import PersonAssignment
 from tgdfer.data.persons import PersonTracker
 from tgdfer.data.preprocess import clip_view
-from tgdfer.data.views import encode_frames
 from tgdfer.errors import ConfigError
 from tgdfer.model.inference import predict_features
 from tgdfer.progress import Progress
@@ -132,21 +132,12 @@ class PeopleRun(VideoRun):
                 crop = clip_view(self.cropper.crop(rgb, d.box), self.trained.clip.image_size)
                 self.pending.append(((index, d.track), crop, d.box))
 
-    def _encode(self) -> None:
-        """Queued crops -> features keyed by (frame, track); each also describes its track's appearance."""
-        if not self.pending:
-            return
-        pixels = torch.from_numpy(np.stack([crop for _, crop, _ in self.pending]))  # (B, S, S, 3) uint8
-        t0 = time.perf_counter()
-        out = encode_frames(self.trained.clip, pixels, batch_size=len(self.pending)).cpu()  # (B, D) fp16
-        self.seconds["encoder"] += time.perf_counter() - t0
-        self.seconds["encoded_frames"] += len(self.pending)
-        for (key, _, box), feature in zip(self.pending, out, strict=True):
-            self.features[key] = feature
-            self.tracker.describe(key[1], feature.float().numpy())
-            if self.cfg.save_features:
-                self.saved.append((key, feature.numpy(), box))
-        self.pending.clear()
+    def _keep(self, key: tuple[int, int], feature: torch.Tensor, box: Box) -> None:
+        """A crop's (D,) feature keyed by (frame, track); it also describes its track's appearance."""
+        self.features[key] = feature
+        self.tracker.describe(key[1], feature.float().numpy())
+        if self.cfg.save_features:
+            self.saved.append((key, feature.numpy(), box))
 
     def _reused(self, index: int) -> None:
         """Saved features in place of sampled frame ``index``: its detections and their features."""

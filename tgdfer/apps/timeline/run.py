@@ -238,7 +238,8 @@ class VideoRun:
             self.pending.append((index, clip_view(crop, self.trained.clip.image_size), box))  # stage 1's preprocessing
 
     def _encode(self) -> None:
-        """The queued crops through the image encoder as one batch: (B, S, S, 3) uint8 -> (B, D) fp16."""
+        """The queued crops through the image encoder as one batch: (B, S, S, 3) uint8 -> (B, D) fp16, each
+        feature handed to ``_keep`` with its key and box."""
         if not self.pending:
             return
         pixels = torch.from_numpy(np.stack([crop for _, crop, _ in self.pending]))  # (B, S, S, 3) uint8
@@ -246,12 +247,16 @@ class VideoRun:
         out = encode_frames(self.trained.clip, pixels, batch_size=len(self.pending)).cpu()  # (B, D) fp16
         self.seconds["encoder"] += time.perf_counter() - t0
         self.seconds["encoded_frames"] += len(self.pending)
-        for (i, _, box), feature in zip(self.pending, out, strict=True):
-            if self.last_use[i] >= self.done:
-                self.features[i] = feature
-            if self.cfg.save_features:
-                self.saved.append((i, feature.numpy(), box))
+        for (key, _, box), feature in zip(self.pending, out, strict=True):
+            self._keep(key, feature, box)
         self.pending.clear()
+
+    def _keep(self, i: int, feature: torch.Tensor, box: Box) -> None:
+        """Sampled frame ``i``'s (D,) feature: held while a window still needs it, and saved when asked."""
+        if self.last_use[i] >= self.done:
+            self.features[i] = feature
+        if self.cfg.save_features:
+            self.saved.append((i, feature.numpy(), box))
 
     def _write_windows(self, upto: int, final: bool = False) -> None:
         """Compute and write the windows whose frames are all through (frame numbers <= upto), once there are
