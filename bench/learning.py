@@ -20,7 +20,7 @@ seed's WAR; each seed draws its own cache and initialisation.
 
     python bench/learning.py                                  # main readings, both regimes, seeds 1-5
     python bench/learning.py --readings default --regimes sparse --seeds 1,2 --baselines none   # a quick check
-    python bench/learning.py --readings all --json table.json # every reading, the rows kept for docs/learning.md
+    python bench/learning.py --readings all --json table.json # every reading, the rows kept for docs/pages/learning.md
 
 Targets for the default (issue 23), >= 5 seeds, each regime: mean WAR >= best probe + 5 and >= best reading - 1;
 WAR sd <= 3 and no seed below the best probe; sparse: hit rate >= 0.85, highest-1 WAR >= lowest-1 WAR + 25.

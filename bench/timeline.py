@@ -14,7 +14,7 @@ cache. Settings: the defaults (2 s windows every 1 s, T = 16, face tracking on, 
 Targets (issue 18): >= 1x real time on 2 CPU cores at the default settings, >= 100x on one GPU; an hour of 1080p
 in well under 2 GB. Two persons (issue 24): >= 1.5x on 2 CPU cores; the run prints the face crops to encode per
 second of video (16: 8 distinct sampled frames x 2 persons) and the encoder frames/s that 1.5x needs. Figures and
-why fp32 on a 2-core CPU without AMX falls short: docs/people.md.
+why fp32 on a 2-core CPU without AMX falls short: docs/pages/people.md.
 
 With --compare fp32 (the default) the whole video runs a second time with the image encoder in fp32, so one run
 prints the speed ratio of the default precision (bf16 on a CPU with AMX) to fp32 and how far the window

@@ -211,7 +211,7 @@ class ModelConfig:
     n_ctx: int = 8  # learnable context tokens M before each prompt's words: DFER-CLIP's train_DFEW.sh passes
     #                 --contexts-number 8; n_ctx 4 / 8 / 16 were within seed noise on bench/learning.py
     class_specific_ctx: bool = False  # one context per class (CoOp's CSC, DFER-CLIP's scripts) | one shared
-    #   by all. docs/learning.md: default reading, sparse WAR 90.5 +- 1.7 shared vs 90.0 +- 2.0 per class (dense
+    #   by all. docs/pages/learning.md: default reading, sparse WAR 90.5 +- 1.7 shared vs 90.0 +- 2.0 per class (dense
     #   93.2 vs 92.7); on an independent generator per-class contexts cost 14 WAR and tripled the spread (issue
     #   23). Both text towers there are random: real CLIP, which can judge prompts, may favour per-class ones
     fine_text: PromptText = "descriptors"  # words of the fine prompt X^FP: descriptors | class
@@ -228,7 +228,7 @@ class ModelConfig:
     )
     mlp_mult: int = 4  # hidden width of the Eq. 10 MLP = mlp_mult * D, as VadCLIP's
     tau: float = 0.01  # temperature of Eq. 8 and Eq. 11, paper §4.2
-    # Bag prediction (Eq. 11) and where frame influence (Fig. 4, Table 6) is read; docs/learning.md has the
+    # Bag prediction (Eq. 11) and where frame influence (Fig. 4, Table 6) is read; docs/pages/learning.md has the
     # figures of bench/learning.py (5 seeds, sparse and dense regimes) behind every default here (issues 11, 23)
     instances: Literal["temporal", "frame", "both"] = (
         "both"  # what instance scores are computed on: temporal (X^I of Eq. 5, the paper as written) | frame (a
@@ -255,7 +255,7 @@ class ModelConfig:
         #             the shared labels, sparse WAR 87.8 +- 3.8, worst seed 81.5) | temporal (the temporal bag;
         #             it cannot re-predict from one frame: Table 6 gap 12) | ensemble ((temporal + w frame) /
         #             (1 + w), each bag trained by its own loss alone, the sum trains nothing). With temporal or
-        #             ensemble the frame stream trains by its own bag's loss. docs/learning.md has the figures
+        #             ensemble the frame stream trains by its own bag's loss. docs/pages/learning.md has the figures
     )
     frame_weight: float = 0.25  # bag="ensemble": w above. Sparse, 5 seeds: w 0 / 0.25 / 0.5 / 1 gave WAR 90.6 /
     #                             90.5 / 89.7 / 87.4 and Table 6 gap 12 / 29 / 44 / 57; dense 93.3 to 92.4: the

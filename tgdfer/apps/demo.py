@@ -46,9 +46,9 @@ class DemoConfig:
     cue: float = 0.8  # opacity of the class pattern at full intensity; 0 draws faces only (chance with random weights)
 
 
-# The model's default reading (tgdfer/config.py ModelConfig, docs/learning.md), said at the start of every demo.
+# The model's default reading (tgdfer/config.py ModelConfig, docs/pages/learning.md), said at the start of every demo.
 _READING = [
-    "Model: the default reading (docs/learning.md). The clip's class comes from the temporal stream (the",
+    "Model: the default reading (docs/pages/learning.md). The clip's class comes from the temporal stream (the",
     "paper's X^I, attention bag), which classifies best, plus 1/4 of a per-frame stream, which finds the",
     "expression frames (the influence strip); each stream trains by its own loss. bench/learning.py, 5 seeds:",
     "sparse bursts WAR 90.5 +- 1.7 (best probe 60.0), burst frame found for 0.86 of clips; dense WAR 93.2 +- 1.5.",

@@ -19,7 +19,7 @@ default each stream trains by its own bag's loss alone (``Output.aux``), the fra
 frame map and its own offset to the detached labels (``frame_grad="own"``), and the clip's logits are a fixed
 mix in which the temporal stream, the better classifier of full clips, weighs 4:1. The frame stream's share is
 what lets Table 6 re-predict from single frames: the temporal stream learns to contrast a clip's frames and has
-nothing to contrast in one frame. docs/learning.md has the figures.
+nothing to contrast in one frame. docs/pages/learning.md has the figures.
 
 Only the temporal network, the prompt contexts, the visual prompt's MLP, the fusion FC and the frame stream's map
 and label offset train; the CLIP text tower is frozen and never saved in checkpoints (``trainable_state``).
