@@ -226,7 +226,7 @@ def _page(data: dict) -> str:
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # inert inside <script>
     page = (here / "report.html").read_text()
-    for key, value in (  # the data last: nothing in it is read as a placeholder
+    for key, value in (  # the data last: nothing in it is read as a template key
         ("{{TITLE}}", html.escape(f"{data['title']}: emotion timeline")),
         ("{{CSS}}", (here / "report.css").read_text()),
         ("{{JS}}", (here / "report.js").read_text()),
